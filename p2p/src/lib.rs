@@ -1,0 +1,37 @@
+//! Core of a Tendermint ADR-062 style peer-to-peer stack.
+//!
+//! * [`NodeId`], [`NodeKey`], [`NodeInfo`], [`NodeAddress`]: identities and addresses.
+//! * [`Transport`] / [`Connection`]: what a transport crate implements (`mconn`, `quic`, `memory`).
+//! * [`Router`]: owns the connections, runs the dial/accept/evict loops and moves messages between
+//!   reactor [`Channel`]s and peers through bounded per-peer priority queues.
+//! * [`PeerManager`]: a synchronous state machine (no I/O, time passed in) that decides whom to
+//!   dial, accept and evict, keeps scores and bans, and is persisted in a [`PeerStore`].
+//!
+//! This crate depends on no transport; transports live in their own crates and register the
+//! URL schemes they serve with [`Router::add_transport`].
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod address;
+pub mod echo;
+pub mod key;
+pub mod node_info;
+pub mod peer_manager;
+pub mod router;
+pub mod transport;
+pub mod types;
+
+pub use address::{
+    Endpoint, EndpointAddr, Host, NodeAddress, ParseAddressError, Protocol, ResolveError,
+};
+pub use key::{NodeKey, NodeKeyError};
+pub use node_info::{MAX_CHANNELS, MAX_NODE_INFO_SIZE, NodeInfo, NodeInfoError, ProtocolVersion};
+pub use peer_manager::{
+    Direction, PeerManager, PeerManagerConfig, PeerStatus, PeerStore, PeerUpdate, Severity,
+};
+pub use router::{
+    Channel, ChannelDescriptor, Envelope, Outbound, OverflowPolicy, PeerError, PeerUpdates,
+    Recipient, Router, RouterConfig, Wrapper,
+};
+pub use transport::{Connection, ConnectionError, HandshakeError, Transport, TransportError};
+pub use types::{ChannelId, NodeId, NodeIdError};
