@@ -51,9 +51,7 @@ impl Protocol {
     /// mapped to [`Protocol::MCONN`] here; only address parsing does that.
     pub fn new(scheme: &str) -> Result<Self, ParseAddressError> {
         if !is_valid_scheme(scheme) {
-            return Err(ParseAddressError::BadProtocol {
-                scheme: scheme.to_owned(),
-            });
+            return Err(ParseAddressError::BadProtocol { scheme: scheme.to_owned() });
         }
         let lower = scheme.to_ascii_lowercase();
         Ok(match lower.as_str() {
@@ -135,15 +133,11 @@ impl FromStr for Host {
     /// (validated against RFC 1123 and lowercased; not resolved).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.chars().any(char::is_whitespace) {
-            return Err(ParseAddressError::Whitespace {
-                input: s.to_owned(),
-            });
+            return Err(ParseAddressError::Whitespace { input: s.to_owned() });
         }
         if let Some(inner) = s.strip_prefix('[') {
             let Some(inner) = inner.strip_suffix(']') else {
-                return Err(ParseAddressError::UnclosedBracket {
-                    input: s.to_owned(),
-                });
+                return Err(ParseAddressError::UnclosedBracket { input: s.to_owned() });
             };
             return parse_bracketed_ipv6(s, inner);
         }
@@ -175,11 +169,7 @@ impl NodeAddress {
     /// not a valid DNS name make an address that prints but does not parse back. Parse user
     /// input with [`str::parse`] instead.
     pub fn new_host(protocol: Protocol, node_id: NodeId, host: Host, port: u16) -> Self {
-        Self {
-            protocol,
-            node_id,
-            target: Target::HostPort(host, port),
-        }
+        Self { protocol, node_id, target: Target::HostPort(host, port) }
     }
 
     /// An opaque address without host and port, e.g. `memory:<id>`.
@@ -187,21 +177,13 @@ impl NodeAddress {
     /// No validation happens here: an opaque `mconn` or `quic` address prints but does not
     /// parse back.
     pub fn new_opaque(protocol: Protocol, node_id: NodeId) -> Self {
-        Self {
-            protocol,
-            node_id,
-            target: Target::Opaque,
-        }
+        Self { protocol, node_id, target: Target::Opaque }
     }
 
     /// The same node ID and host and port (or opaque path) under another protocol, e.g. the QUIC
     /// twin of an MConn address.
     pub fn with_protocol(&self, protocol: Protocol) -> Self {
-        Self {
-            protocol,
-            node_id: self.node_id,
-            target: self.target.clone(),
-        }
+        Self { protocol, node_id: self.node_id, target: self.target.clone() }
     }
 
     /// The protocol (URL scheme) of this address.
@@ -235,29 +217,21 @@ impl NodeAddress {
                 protocol: self.protocol.clone(),
                 addr: EndpointAddr::Path(self.node_id.to_string()),
             }]),
-            Target::HostPort(Host::Ip(ip), port) => Ok(vec![Endpoint::socket(
-                self.protocol.clone(),
-                SocketAddr::new(*ip, *port),
-            )]),
+            Target::HostPort(Host::Ip(ip), port) => {
+                Ok(vec![Endpoint::socket(self.protocol.clone(), SocketAddr::new(*ip, *port))])
+            }
             Target::HostPort(Host::Dns(name), port) => {
                 let port = *port;
                 let found = tokio::net::lookup_host((name.as_str(), port))
                     .await
-                    .map_err(|source| ResolveError::Lookup {
-                        host: name.clone(),
-                        port,
-                        source,
-                    })?;
+                    .map_err(|source| ResolveError::Lookup { host: name.clone(), port, source })?;
                 let mut seen = HashSet::new();
                 let endpoints: Vec<Endpoint> = found
                     .filter(|addr| seen.insert(*addr))
                     .map(|addr| Endpoint::socket(self.protocol.clone(), addr))
                     .collect();
                 if endpoints.is_empty() {
-                    return Err(ResolveError::NoAddresses {
-                        host: name.clone(),
-                        port,
-                    });
+                    return Err(ResolveError::NoAddresses { host: name.clone(), port });
                 }
                 Ok(endpoints)
             }
@@ -458,9 +432,7 @@ impl FromStr for NodeAddress {
             return Err(ParseAddressError::Empty);
         }
         if input.chars().any(char::is_whitespace) {
-            return Err(ParseAddressError::Whitespace {
-                input: input.to_owned(),
-            });
+            return Err(ParseAddressError::Whitespace { input: input.to_owned() });
         }
         // Hierarchical form: `<scheme>://<node-id>@<host>:<port>`.
         if let Some((scheme, authority)) = input.split_once("://") {
@@ -492,9 +464,7 @@ impl FromStr for NodeAddress {
                 });
             }
             if rest.is_empty() {
-                return Err(ParseAddressError::MissingNodeId {
-                    input: input.to_owned(),
-                });
+                return Err(ParseAddressError::MissingNodeId { input: input.to_owned() });
             }
             let node_id = parse_node_id(input, rest)?;
             return Ok(Self::new_opaque(protocol, node_id));
@@ -505,13 +475,9 @@ impl FromStr for NodeAddress {
         }
         // Neither `:` nor `@`.
         if input.parse::<NodeId>().is_ok() {
-            Err(ParseAddressError::MissingHost {
-                input: input.to_owned(),
-            })
+            Err(ParseAddressError::MissingHost { input: input.to_owned() })
         } else {
-            Err(ParseAddressError::MissingNodeId {
-                input: input.to_owned(),
-            })
+            Err(ParseAddressError::MissingNodeId { input: input.to_owned() })
         }
     }
 }
@@ -535,24 +501,16 @@ fn parse_host_address(
 ) -> Result<NodeAddress, ParseAddressError> {
     let Some((id, host_port)) = authority.split_once('@') else {
         return Err(if authority.parse::<NodeId>().is_ok() {
-            ParseAddressError::MissingHost {
-                input: input.to_owned(),
-            }
+            ParseAddressError::MissingHost { input: input.to_owned() }
         } else {
-            ParseAddressError::MissingNodeId {
-                input: input.to_owned(),
-            }
+            ParseAddressError::MissingNodeId { input: input.to_owned() }
         });
     };
     if id.contains(':') {
-        return Err(ParseAddressError::UserInfo {
-            input: input.to_owned(),
-        });
+        return Err(ParseAddressError::UserInfo { input: input.to_owned() });
     }
     if id.is_empty() {
-        return Err(ParseAddressError::MissingNodeId {
-            input: input.to_owned(),
-        });
+        return Err(ParseAddressError::MissingNodeId { input: input.to_owned() });
     }
     let node_id = parse_node_id(input, id)?;
     let (host, port) = parse_host_port(input, host_port, 1)?;
@@ -560,10 +518,7 @@ fn parse_host_address(
 }
 
 fn parse_node_id(input: &str, id: &str) -> Result<NodeId, ParseAddressError> {
-    id.parse().map_err(|source| ParseAddressError::BadNodeId {
-        input: input.to_owned(),
-        source,
-    })
+    id.parse().map_err(|source| ParseAddressError::BadNodeId { input: input.to_owned(), source })
 }
 
 /// Parses `<host>:<port>` with the port at least `min_port`. `input` is quoted in errors.
@@ -575,14 +530,10 @@ pub(crate) fn parse_host_port(
     min_port: u16,
 ) -> Result<(Host, u16), ParseAddressError> {
     if host_port.is_empty() {
-        return Err(ParseAddressError::MissingHost {
-            input: input.to_owned(),
-        });
+        return Err(ParseAddressError::MissingHost { input: input.to_owned() });
     }
     if host_port.chars().any(char::is_whitespace) {
-        return Err(ParseAddressError::Whitespace {
-            input: input.to_owned(),
-        });
+        return Err(ParseAddressError::Whitespace { input: input.to_owned() });
     }
     let end = host_port.find(['/', '?', '#']).unwrap_or(host_port.len());
     let (host_port, suffix) = host_port.split_at(end);
@@ -595,17 +546,13 @@ pub(crate) fn parse_host_port(
 
     let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
         let Some((inner, after)) = bracketed.split_once(']') else {
-            return Err(ParseAddressError::UnclosedBracket {
-                input: input.to_owned(),
-            });
+            return Err(ParseAddressError::UnclosedBracket { input: input.to_owned() });
         };
         let host = parse_bracketed_ipv6(input, inner)?;
         let port = match after.strip_prefix(':') {
             Some(port) => port,
             None if after.is_empty() => {
-                return Err(ParseAddressError::MissingPort {
-                    input: input.to_owned(),
-                });
+                return Err(ParseAddressError::MissingPort { input: input.to_owned() });
             }
             None => {
                 return Err(ParseAddressError::UnexpectedSuffix {
@@ -619,9 +566,7 @@ pub(crate) fn parse_host_port(
         let colons = host_port.matches(':').count();
         if colons >= 2
             && (host_port.parse::<Ipv6Addr>().is_ok()
-                || host_port
-                    .rsplit_once(':')
-                    .is_some_and(|(h, _)| h.parse::<Ipv6Addr>().is_ok()))
+                || host_port.rsplit_once(':').is_some_and(|(h, _)| h.parse::<Ipv6Addr>().is_ok()))
         {
             return Err(ParseAddressError::Ipv6NeedsBrackets {
                 input: input.to_owned(),
@@ -631,9 +576,7 @@ pub(crate) fn parse_host_port(
         let Some((host, port)) = host_port.split_once(':') else {
             // Check the host first, so `id@bad_host` reports the host.
             parse_host(input, host_port)?;
-            return Err(ParseAddressError::MissingPort {
-                input: input.to_owned(),
-            });
+            return Err(ParseAddressError::MissingPort { input: input.to_owned() });
         };
         (parse_host(input, host)?, port)
     };
@@ -642,22 +585,19 @@ pub(crate) fn parse_host_port(
 
 /// The IPv6 address between `[` and `]`.
 fn parse_bracketed_ipv6(input: &str, inner: &str) -> Result<Host, ParseAddressError> {
-    inner
-        .parse::<Ipv6Addr>()
-        .map(|ip| Host::Ip(IpAddr::V6(ip)))
-        .map_err(|_| ParseAddressError::BadHost {
+    inner.parse::<Ipv6Addr>().map(|ip| Host::Ip(IpAddr::V6(ip))).map_err(|_| {
+        ParseAddressError::BadHost {
             input: input.to_owned(),
             host: format!("[{inner}]"),
             reason: "brackets must hold an IPv6 address",
-        })
+        }
+    })
 }
 
 /// A host without brackets: an IPv4 address or a DNS name (lowercased).
 fn parse_host(input: &str, host: &str) -> Result<Host, ParseAddressError> {
     if host.is_empty() {
-        return Err(ParseAddressError::MissingHost {
-            input: input.to_owned(),
-        });
+        return Err(ParseAddressError::MissingHost { input: input.to_owned() });
     }
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(Host::Ip(IpAddr::V4(ip)));
@@ -668,9 +608,7 @@ fn parse_host(input: &str, host: &str) -> Result<Host, ParseAddressError> {
         reason,
     };
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(bad(
-            "it is made of digits and dots but is not a valid IPv4 address",
-        ));
+        return Err(bad("it is made of digits and dots but is not a valid IPv4 address"));
     }
     check_dns_name(host).map_err(bad)?;
     Ok(Host::Dns(host.to_ascii_lowercase()))
@@ -689,10 +627,7 @@ fn check_dns_name(name: &str) -> Result<(), &'static str> {
         if label.len() > 63 {
             return Err("a DNS label has at most 63 characters");
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err("a DNS name may only contain ASCII letters, digits, '-' and '.'");
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -705,15 +640,9 @@ fn check_dns_name(name: &str) -> Result<(), &'static str> {
 /// A decimal port from `min` to 65535. Only ASCII digits (no sign) are accepted.
 fn parse_port(input: &str, port: &str, min: u16) -> Result<u16, ParseAddressError> {
     if port.is_empty() {
-        return Err(ParseAddressError::MissingPort {
-            input: input.to_owned(),
-        });
+        return Err(ParseAddressError::MissingPort { input: input.to_owned() });
     }
-    let bad = || ParseAddressError::BadPort {
-        input: input.to_owned(),
-        port: port.to_owned(),
-        min,
-    };
+    let bad = || ParseAddressError::BadPort { input: input.to_owned(), port: port.to_owned(), min };
     if !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -759,18 +688,12 @@ pub struct Endpoint {
 impl Endpoint {
     /// An endpoint at an IP socket address.
     pub fn socket(protocol: Protocol, addr: SocketAddr) -> Self {
-        Self {
-            protocol,
-            addr: EndpointAddr::Socket(addr),
-        }
+        Self { protocol, addr: EndpointAddr::Socket(addr) }
     }
 
     /// An endpoint at an opaque path (e.g. the node ID of a `memory:` address).
     pub fn path(protocol: Protocol, path: impl Into<String>) -> Self {
-        Self {
-            protocol,
-            addr: EndpointAddr::Path(path.into()),
-        }
+        Self { protocol, addr: EndpointAddr::Path(path.into()) }
     }
 }
 
@@ -809,8 +732,7 @@ mod tests {
     }
 
     fn parse(s: &str) -> NodeAddress {
-        s.parse()
-            .unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))
+        s.parse().unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))
     }
 
     fn err(s: &str) -> ParseAddressError {
@@ -841,12 +763,7 @@ mod tests {
         assert_eq!("x".parse::<Protocol>().unwrap().as_str(), "x");
         for bad in ["", "1abc", "+a", "a b", "a_b", "a:b", "é"] {
             let e = Protocol::new(bad).unwrap_err();
-            assert_eq!(
-                e,
-                ParseAddressError::BadProtocol {
-                    scheme: bad.to_owned()
-                }
-            );
+            assert_eq!(e, ParseAddressError::BadProtocol { scheme: bad.to_owned() });
             assert!(e.to_string().contains(&format!("{bad:?}")));
         }
     }
@@ -855,31 +772,11 @@ mod tests {
     fn parses_valid_forms() {
         let v4 = Host::Ip("1.2.3.4".parse().unwrap());
         let cases: Vec<(String, Protocol, Option<HostPort>)> = vec![
-            (
-                format!("mconn://{ID}@1.2.3.4:26656"),
-                Protocol::MCONN,
-                Some((v4.clone(), 26656)),
-            ),
-            (
-                format!("quic://{ID}@1.2.3.4:1"),
-                Protocol::QUIC,
-                Some((v4.clone(), 1)),
-            ),
-            (
-                format!("{ID}@1.2.3.4:65535"),
-                Protocol::MCONN,
-                Some((v4.clone(), 65535)),
-            ),
-            (
-                format!("tcp://{ID}@1.2.3.4:26656"),
-                Protocol::MCONN,
-                Some((v4.clone(), 26656)),
-            ),
-            (
-                format!("TCP://{ID}@1.2.3.4:26656"),
-                Protocol::MCONN,
-                Some((v4, 26656)),
-            ),
+            (format!("mconn://{ID}@1.2.3.4:26656"), Protocol::MCONN, Some((v4.clone(), 26656))),
+            (format!("quic://{ID}@1.2.3.4:1"), Protocol::QUIC, Some((v4.clone(), 1))),
+            (format!("{ID}@1.2.3.4:65535"), Protocol::MCONN, Some((v4.clone(), 65535))),
+            (format!("tcp://{ID}@1.2.3.4:26656"), Protocol::MCONN, Some((v4.clone(), 26656))),
+            (format!("TCP://{ID}@1.2.3.4:26656"), Protocol::MCONN, Some((v4, 26656))),
             (
                 format!("quic://{ID}@[::1]:26656"),
                 Protocol::QUIC,
@@ -922,21 +819,13 @@ mod tests {
             ),
             (format!("memory:{ID}"), Protocol::MEMORY, None),
             (format!("MEMORY:{ID_UPPER}"), Protocol::MEMORY, None),
-            (
-                format!("tor-v3:{ID}"),
-                Protocol::new("tor-v3").unwrap(),
-                None,
-            ),
+            (format!("tor-v3:{ID}"), Protocol::new("tor-v3").unwrap(), None),
         ];
         for (input, protocol, host_port) in cases {
             let a = parse(&input);
             assert_eq!(a.protocol(), &protocol, "{input}");
             assert_eq!(a.node_id(), id(), "{input}");
-            assert_eq!(
-                a.host_port(),
-                host_port.as_ref().map(|(h, p)| (h, *p)),
-                "{input}"
-            );
+            assert_eq!(a.host_port(), host_port.as_ref().map(|(h, p)| (h, *p)), "{input}");
             // Round trip through Display.
             assert_eq!(parse(&a.to_string()), a, "{input}");
         }
@@ -956,10 +845,7 @@ mod tests {
             parse(&format!("QUIC://{ID}@[2001:0db8:0:0::1]:2")).to_string(),
             format!("quic://{ID}@[2001:db8::1]:2")
         );
-        assert_eq!(
-            parse(&format!("Memory:{ID_UPPER}")).to_string(),
-            format!("memory:{ID}")
-        );
+        assert_eq!(parse(&format!("Memory:{ID_UPPER}")).to_string(), format!("memory:{ID}"));
         assert_eq!(
             format!("{:?}", parse(&format!("memory:{ID}"))),
             format!("NodeAddress(memory:{ID})")
@@ -969,18 +855,8 @@ mod tests {
     #[test]
     fn round_trips_constructed_addresses() {
         let addrs = [
-            NodeAddress::new_host(
-                Protocol::MCONN,
-                id(),
-                Host::Ip("127.0.0.1".parse().unwrap()),
-                1,
-            ),
-            NodeAddress::new_host(
-                Protocol::QUIC,
-                id(),
-                Host::Ip("fe80::1".parse().unwrap()),
-                80,
-            ),
+            NodeAddress::new_host(Protocol::MCONN, id(), Host::Ip("127.0.0.1".parse().unwrap()), 1),
+            NodeAddress::new_host(Protocol::QUIC, id(), Host::Ip("fe80::1".parse().unwrap()), 80),
             NodeAddress::new_host(Protocol::MCONN, id(), Host::Dns("a.b".into()), 65535),
             NodeAddress::new_opaque(Protocol::MEMORY, id()),
             NodeAddress::new_opaque(Protocol::new("x").unwrap(), id()),
@@ -1002,31 +878,13 @@ mod tests {
 
     #[test]
     fn host_from_str() {
-        assert_eq!(
-            "1.2.3.4".parse::<Host>().unwrap(),
-            Host::Ip("1.2.3.4".parse().unwrap())
-        );
-        assert_eq!(
-            "::1".parse::<Host>().unwrap(),
-            Host::Ip("::1".parse().unwrap())
-        );
-        assert_eq!(
-            "[::1]".parse::<Host>().unwrap(),
-            Host::Ip("::1".parse().unwrap())
-        );
+        assert_eq!("1.2.3.4".parse::<Host>().unwrap(), Host::Ip("1.2.3.4".parse().unwrap()));
+        assert_eq!("::1".parse::<Host>().unwrap(), Host::Ip("::1".parse().unwrap()));
+        assert_eq!("[::1]".parse::<Host>().unwrap(), Host::Ip("::1".parse().unwrap()));
         assert_eq!("A.b".parse::<Host>().unwrap(), Host::Dns("a.b".into()));
-        assert!(matches!(
-            "[::1".parse::<Host>(),
-            Err(ParseAddressError::UnclosedBracket { .. })
-        ));
-        assert!(matches!(
-            "1.2.3.400".parse::<Host>(),
-            Err(ParseAddressError::BadHost { .. })
-        ));
-        assert!(matches!(
-            "".parse::<Host>(),
-            Err(ParseAddressError::MissingHost { .. })
-        ));
+        assert!(matches!("[::1".parse::<Host>(), Err(ParseAddressError::UnclosedBracket { .. })));
+        assert!(matches!("1.2.3.400".parse::<Host>(), Err(ParseAddressError::BadHost { .. })));
+        assert!(matches!("".parse::<Host>(), Err(ParseAddressError::MissingHost { .. })));
         assert_eq!(Host::Ip("::1".parse().unwrap()).to_string(), "::1");
         assert_eq!(Host::Dns("a.b".into()).to_string(), "a.b");
     }
@@ -1039,188 +897,79 @@ mod tests {
         assert!(long_name.len() > 253);
         let cases: Vec<(String, Check)> = vec![
             (String::new(), |e| matches!(e, E::Empty)),
-            (format!(" mconn://{ID}@1.2.3.4:1"), |e| {
-                matches!(e, E::Whitespace { .. })
-            }),
-            (format!("mconn://{ID}@1.2.3.4:1\n"), |e| {
-                matches!(e, E::Whitespace { .. })
-            }),
-            (format!("mconn://{ID}@1.2.3.4 :1"), |e| {
-                matches!(e, E::Whitespace { .. })
-            }),
-            (format!("1mconn://{ID}@1.2.3.4:1"), |e| {
-                matches!(e, E::BadScheme { .. })
-            }),
-            (format!("://{ID}@1.2.3.4:1"), |e| {
-                matches!(e, E::BadScheme { .. })
-            }),
-            (format!("mc_onn://{ID}@1.2.3.4:1"), |e| {
-                matches!(e, E::BadScheme { .. })
-            }),
-            (format!("mem ory:{ID}"), |e| {
-                matches!(e, E::Whitespace { .. })
-            }),
+            (format!(" mconn://{ID}@1.2.3.4:1"), |e| matches!(e, E::Whitespace { .. })),
+            (format!("mconn://{ID}@1.2.3.4:1\n"), |e| matches!(e, E::Whitespace { .. })),
+            (format!("mconn://{ID}@1.2.3.4 :1"), |e| matches!(e, E::Whitespace { .. })),
+            (format!("1mconn://{ID}@1.2.3.4:1"), |e| matches!(e, E::BadScheme { .. })),
+            (format!("://{ID}@1.2.3.4:1"), |e| matches!(e, E::BadScheme { .. })),
+            (format!("mc_onn://{ID}@1.2.3.4:1"), |e| matches!(e, E::BadScheme { .. })),
+            (format!("mem ory:{ID}"), |e| matches!(e, E::Whitespace { .. })),
             (format!("m_m:{ID}"), |e| matches!(e, E::BadScheme { .. })),
-            ("mconn://1.2.3.4:26656".into(), |e| {
-                matches!(e, E::MissingNodeId { .. })
-            }),
-            ("mconn://@1.2.3.4:26656".into(), |e| {
-                matches!(e, E::MissingNodeId { .. })
-            }),
+            ("mconn://1.2.3.4:26656".into(), |e| matches!(e, E::MissingNodeId { .. })),
+            ("mconn://@1.2.3.4:26656".into(), |e| matches!(e, E::MissingNodeId { .. })),
             ("hello".into(), |e| matches!(e, E::MissingNodeId { .. })),
             ("memory:".into(), |e| matches!(e, E::MissingNodeId { .. })),
             ("mconn://abc@1.2.3.4:1".into(), |e| {
-                matches!(
-                    e,
-                    E::BadNodeId {
-                        source: NodeIdError::Length { len: 3, .. },
-                        ..
-                    }
-                )
+                matches!(e, E::BadNodeId { source: NodeIdError::Length { len: 3, .. }, .. })
             }),
             (format!("mconn://{ID}0@1.2.3.4:1"), |e| {
-                matches!(
-                    e,
-                    E::BadNodeId {
-                        source: NodeIdError::Length { len: 41, .. },
-                        ..
-                    }
-                )
+                matches!(e, E::BadNodeId { source: NodeIdError::Length { len: 41, .. }, .. })
             }),
-            (
-                "mconn://10ba682c8ad13513971e8b56881aab8bd702bbxx@1.2.3.4:1".into(),
-                |e| {
-                    matches!(
-                        e,
-                        E::BadNodeId {
-                            source: NodeIdError::NotHex { bad: 'x', .. },
-                            ..
-                        }
-                    )
-                },
-            ),
+            ("mconn://10ba682c8ad13513971e8b56881aab8bd702bbxx@1.2.3.4:1".into(), |e| {
+                matches!(e, E::BadNodeId { source: NodeIdError::NotHex { bad: 'x', .. }, .. })
+            }),
             ("memory:nothex".into(), |e| matches!(e, E::BadNodeId { .. })),
-            ("mconn://user:password@1.2.3.4:1".into(), |e| {
-                matches!(e, E::UserInfo { .. })
-            }),
-            (format!("mconn://{ID}@:26656"), |e| {
-                matches!(e, E::MissingHost { .. })
-            }),
-            (format!("mconn://{ID}@"), |e| {
-                matches!(e, E::MissingHost { .. })
-            }),
-            (format!("mconn://{ID}"), |e| {
-                matches!(e, E::MissingHost { .. })
-            }),
+            ("mconn://user:password@1.2.3.4:1".into(), |e| matches!(e, E::UserInfo { .. })),
+            (format!("mconn://{ID}@:26656"), |e| matches!(e, E::MissingHost { .. })),
+            (format!("mconn://{ID}@"), |e| matches!(e, E::MissingHost { .. })),
+            (format!("mconn://{ID}"), |e| matches!(e, E::MissingHost { .. })),
             (ID.to_owned(), |e| matches!(e, E::MissingHost { .. })),
-            (format!("{ID}@1.2.3.400:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
+            (format!("{ID}@1.2.3.400:1"), |e| matches!(e, E::BadHost { .. })),
             (format!("{ID}@123:1"), |e| matches!(e, E::BadHost { .. })),
-            (format!("{ID}@01.2.3.4:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("{ID}@under_score.com:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("{ID}@-lead.com:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("{ID}@trail-.com:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
+            (format!("{ID}@01.2.3.4:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("{ID}@under_score.com:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("{ID}@-lead.com:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("{ID}@trail-.com:1"), |e| matches!(e, E::BadHost { .. })),
             (format!("{ID}@a..b:1"), |e| matches!(e, E::BadHost { .. })),
             (format!("{ID}@a.b.:1"), |e| matches!(e, E::BadHost { .. })),
-            (format!("{ID}@{long_label}.com:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("{ID}@{long_name}:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("{ID}@héllo.com:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("{ID}@[1.2.3.4]:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("{ID}@[fe80::1%eth0]:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("{ID}@{ID}@1.2.3.4:1"), |e| {
-                matches!(e, E::BadHost { .. })
-            }),
-            (format!("mconn://{ID}@::1:26656"), |e| {
-                matches!(e, E::Ipv6NeedsBrackets { .. })
-            }),
-            (format!("mconn://{ID}@2001:db8::1"), |e| {
-                matches!(e, E::Ipv6NeedsBrackets { .. })
-            }),
-            (format!("mconn://{ID}@[::1:26656"), |e| {
-                matches!(e, E::UnclosedBracket { .. })
-            }),
-            (format!("mconn://{ID}@1.2.3.4"), |e| {
-                matches!(e, E::MissingPort { .. })
-            }),
-            (format!("mconn://{ID}@1.2.3.4:"), |e| {
-                matches!(e, E::MissingPort { .. })
-            }),
-            (format!("mconn://{ID}@[::1]"), |e| {
-                matches!(e, E::MissingPort { .. })
-            }),
-            (format!("mconn://{ID}@host:http"), |e| {
-                matches!(e, E::BadPort { .. })
-            }),
-            (format!("mconn://{ID}@host:0"), |e| {
-                matches!(e, E::BadPort { min: 1, .. })
-            }),
-            (format!("mconn://{ID}@host:65536"), |e| {
-                matches!(e, E::BadPort { .. })
-            }),
-            (format!("mconn://{ID}@host:+80"), |e| {
-                matches!(e, E::BadPort { .. })
-            }),
-            (format!("mconn://{ID}@host:-1"), |e| {
-                matches!(e, E::BadPort { .. })
-            }),
-            (format!("mconn://{ID}@host:1:2"), |e| {
-                matches!(e, E::BadPort { .. })
-            }),
+            (format!("{ID}@{long_label}.com:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("{ID}@{long_name}:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("{ID}@héllo.com:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("{ID}@[1.2.3.4]:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("{ID}@[fe80::1%eth0]:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("{ID}@{ID}@1.2.3.4:1"), |e| matches!(e, E::BadHost { .. })),
+            (format!("mconn://{ID}@::1:26656"), |e| matches!(e, E::Ipv6NeedsBrackets { .. })),
+            (format!("mconn://{ID}@2001:db8::1"), |e| matches!(e, E::Ipv6NeedsBrackets { .. })),
+            (format!("mconn://{ID}@[::1:26656"), |e| matches!(e, E::UnclosedBracket { .. })),
+            (format!("mconn://{ID}@1.2.3.4"), |e| matches!(e, E::MissingPort { .. })),
+            (format!("mconn://{ID}@1.2.3.4:"), |e| matches!(e, E::MissingPort { .. })),
+            (format!("mconn://{ID}@[::1]"), |e| matches!(e, E::MissingPort { .. })),
+            (format!("mconn://{ID}@host:http"), |e| matches!(e, E::BadPort { .. })),
+            (format!("mconn://{ID}@host:0"), |e| matches!(e, E::BadPort { min: 1, .. })),
+            (format!("mconn://{ID}@host:65536"), |e| matches!(e, E::BadPort { .. })),
+            (format!("mconn://{ID}@host:+80"), |e| matches!(e, E::BadPort { .. })),
+            (format!("mconn://{ID}@host:-1"), |e| matches!(e, E::BadPort { .. })),
+            (format!("mconn://{ID}@host:1:2"), |e| matches!(e, E::BadPort { .. })),
             (
                 format!("mconn://{ID}@1.2.3.4:1/path"),
                 |e| matches!(e, E::UnexpectedSuffix { suffix, .. } if suffix == "/path"),
             ),
-            (format!("mconn://{ID}@1.2.3.4:1?q=1"), |e| {
-                matches!(e, E::UnexpectedSuffix { .. })
-            }),
-            (format!("mconn://{ID}@1.2.3.4:1#frag"), |e| {
-                matches!(e, E::UnexpectedSuffix { .. })
-            }),
-            (format!("mconn://{ID}@[::1]x:1"), |e| {
-                matches!(e, E::UnexpectedSuffix { .. })
-            }),
+            (format!("mconn://{ID}@1.2.3.4:1?q=1"), |e| matches!(e, E::UnexpectedSuffix { .. })),
+            (format!("mconn://{ID}@1.2.3.4:1#frag"), |e| matches!(e, E::UnexpectedSuffix { .. })),
+            (format!("mconn://{ID}@[::1]x:1"), |e| matches!(e, E::UnexpectedSuffix { .. })),
             (
                 format!("mconn:{ID}"),
                 |e| matches!(e, E::ProtocolNeedsHost { protocol, .. } if *protocol == Protocol::MCONN),
             ),
-            (format!("quic:{ID}"), |e| {
-                matches!(e, E::ProtocolNeedsHost { .. })
-            }),
-            (format!("tcp:{ID}"), |e| {
-                matches!(e, E::ProtocolNeedsHost { .. })
-            }),
+            (format!("quic:{ID}"), |e| matches!(e, E::ProtocolNeedsHost { .. })),
+            (format!("tcp:{ID}"), |e| matches!(e, E::ProtocolNeedsHost { .. })),
             (
                 format!("memory://{ID}@1.2.3.4:1"),
                 |e| matches!(e, E::ProtocolTakesNoHost { protocol, .. } if *protocol == Protocol::MEMORY),
             ),
-            (format!("memory://{ID}"), |e| {
-                matches!(e, E::ProtocolTakesNoHost { .. })
-            }),
-            (format!("mconn:{ID}@1.2.3.4:1"), |e| {
-                matches!(e, E::OpaqueWithHost { .. })
-            }),
-            ("user:password@1.2.3.4:1".into(), |e| {
-                matches!(e, E::OpaqueWithHost { .. })
-            }),
+            (format!("memory://{ID}"), |e| matches!(e, E::ProtocolTakesNoHost { .. })),
+            (format!("mconn:{ID}@1.2.3.4:1"), |e| matches!(e, E::OpaqueWithHost { .. })),
+            ("user:password@1.2.3.4:1".into(), |e| matches!(e, E::OpaqueWithHost { .. })),
         ];
         assert!(cases.len() >= 25);
         for (input, check) in &cases {
@@ -1236,10 +985,7 @@ mod tests {
         let msg = err(&format!("memory://{ID}")).to_string();
         assert!(msg.contains("memory:<node-id>"), "{msg}");
         let msg = err("").to_string();
-        assert!(
-            msg.contains("expected mconn://<node-id>@<host>:<port>"),
-            "{msg}"
-        );
+        assert!(msg.contains("expected mconn://<node-id>@<host>:<port>"), "{msg}");
         let msg = err(&format!("{ID}@::1:5")).to_string();
         assert!(msg.contains("[::1]:26656"), "{msg}");
     }
@@ -1250,10 +996,7 @@ mod tests {
         assert_eq!(e.to_string(), "quic://1.2.3.4:5");
         let e = Endpoint::socket(Protocol::MCONN, "[::1]:26656".parse().unwrap());
         assert_eq!(e.to_string(), "mconn://[::1]:26656");
-        assert_eq!(
-            Endpoint::path(Protocol::MEMORY, ID).to_string(),
-            format!("memory:{ID}")
-        );
+        assert_eq!(Endpoint::path(Protocol::MEMORY, ID).to_string(), format!("memory:{ID}"));
     }
 
     #[tokio::test]
@@ -1261,18 +1004,12 @@ mod tests {
         let a = parse(&format!("quic://{ID}@[::1]:26656"));
         assert_eq!(
             a.resolve().await.unwrap(),
-            vec![Endpoint::socket(
-                Protocol::QUIC,
-                "[::1]:26656".parse().unwrap()
-            )]
+            vec![Endpoint::socket(Protocol::QUIC, "[::1]:26656".parse().unwrap())]
         );
         let a = parse(&format!("{ID}@10.1.2.3:7"));
         assert_eq!(
             a.resolve().await.unwrap(),
-            vec![Endpoint::socket(
-                Protocol::MCONN,
-                "10.1.2.3:7".parse().unwrap()
-            )]
+            vec![Endpoint::socket(Protocol::MCONN, "10.1.2.3:7".parse().unwrap())]
         );
     }
 
@@ -1298,10 +1035,7 @@ mod tests {
     #[tokio::test]
     async fn resolve_memory() {
         let a = parse(&format!("memory:{ID}"));
-        assert_eq!(
-            a.resolve().await.unwrap(),
-            vec![Endpoint::path(Protocol::MEMORY, ID)]
-        );
+        assert_eq!(a.resolve().await.unwrap(), vec![Endpoint::path(Protocol::MEMORY, ID)]);
     }
 
     #[tokio::test]

@@ -72,7 +72,9 @@ pub enum EchoEvent {
 pub async fn handle_echo(channel: &Channel<Echo>, envelope: Envelope<Echo>) -> EchoEvent {
     match envelope.message {
         Echo::Ping(content) => {
-            if let Err(e) = channel.send(Outbound::to(envelope.from, Echo::Pong(content.clone()))).await {
+            if let Err(e) =
+                channel.send(Outbound::to(envelope.from, Echo::Pong(content.clone()))).await
+            {
                 channel.report_error(PeerError {
                     node_id: envelope.from,
                     severity: Severity::Minor,

@@ -49,10 +49,7 @@ impl NodeKey {
     /// Wraps an existing signing key.
     pub fn from_signing_key(signing_key: SigningKey) -> Self {
         let node_id = NodeId::from_public_key(&signing_key.verifying_key());
-        Self {
-            signing_key,
-            node_id,
-        }
+        Self { signing_key, node_id }
     }
 
     /// The node ID: the first 20 bytes of SHA-256 of the public key.
@@ -108,34 +105,26 @@ impl NodeKey {
     pub fn from_json(json: &str) -> Result<Self, NodeKeyError> {
         let file: NodeKeyFile = serde_json::from_str(json).map_err(NodeKeyError::Json)?;
         if file.priv_key.key_type != PRIV_KEY_TYPE_ED25519 {
-            return Err(NodeKeyError::WrongKeyType {
-                found: file.priv_key.key_type,
-            });
+            return Err(NodeKeyError::WrongKeyType { found: file.priv_key.key_type });
         }
-        let mut bytes = BASE64
-            .decode(file.priv_key.value.as_bytes())
-            .map_err(NodeKeyError::Base64)?;
+        let mut bytes =
+            BASE64.decode(file.priv_key.value.as_bytes()).map_err(NodeKeyError::Base64)?;
         let parsed = Self::from_keypair_bytes(&bytes);
         bytes.fill(0);
         let key = parsed?;
         if let Some(id) = file.id
             && id != key.node_id.to_string()
         {
-            return Err(NodeKeyError::IdMismatch {
-                stored: id,
-                derived: key.node_id,
-            });
+            return Err(NodeKeyError::IdMismatch { stored: id, derived: key.node_id });
         }
         Ok(key)
     }
 
     /// Checks a 64-byte `seed || public key` and builds the key.
     fn from_keypair_bytes(bytes: &[u8]) -> Result<Self, NodeKeyError> {
-        let (64, Some(seed), Some(stored_public)) = (
-            bytes.len(),
-            bytes.first_chunk::<32>(),
-            bytes.last_chunk::<32>(),
-        ) else {
+        let (64, Some(seed), Some(stored_public)) =
+            (bytes.len(), bytes.first_chunk::<32>(), bytes.last_chunk::<32>())
+        else {
             return Err(NodeKeyError::BadLength { len: bytes.len() });
         };
         let key = Self::from_seed(*seed);
@@ -152,25 +141,18 @@ impl NodeKey {
     /// Reads and parses a `node_key.json` file (see [`NodeKey::from_json`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, NodeKeyError> {
         let path = path.as_ref();
-        let io_err = |source| NodeKeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| NodeKeyError::Io { path: path.to_owned(), source };
         let file = fs::File::open(path).map_err(io_err)?;
         let mut text = String::new();
-        file.take(MAX_NODE_KEY_FILE_SIZE + 1)
-            .read_to_string(&mut text)
-            .map_err(io_err)?;
+        file.take(MAX_NODE_KEY_FILE_SIZE + 1).read_to_string(&mut text).map_err(io_err)?;
         if text.len() as u64 > MAX_NODE_KEY_FILE_SIZE {
             return Err(NodeKeyError::TooLarge {
                 path: path.to_owned(),
                 max: MAX_NODE_KEY_FILE_SIZE,
             });
         }
-        Self::from_json(&text).map_err(|e| NodeKeyError::InvalidFile {
-            path: path.to_owned(),
-            source: Box::new(e),
-        })
+        Self::from_json(&text)
+            .map_err(|e| NodeKeyError::InvalidFile { path: path.to_owned(), source: Box::new(e) })
     }
 
     /// Writes the key as `node_key.json` (see [`NodeKey::to_json`]).
@@ -180,10 +162,7 @@ impl NodeKey {
     /// The parent directory must exist.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), NodeKeyError> {
         let path = path.as_ref();
-        let io_err = |source| NodeKeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| NodeKeyError::Io { path: path.to_owned(), source };
         let Some(file_name) = path.file_name() else {
             return Err(io_err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -198,10 +177,7 @@ impl NodeKey {
         tmp_name.push(file_name);
         tmp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
         let tmp = dir.join(tmp_name);
-        let tmp_err = |source| NodeKeyError::Io {
-            path: tmp.clone(),
-            source,
-        };
+        let tmp_err = |source| NodeKeyError::Io { path: tmp.clone(), source };
 
         let mut json = self.to_json().into_bytes();
         let written = write_new_private_file(&tmp, &json);
@@ -377,18 +353,12 @@ mod tests {
     #[test]
     fn seed_vector() {
         let key = NodeKey::from_seed([0x11; 32]);
-        assert_eq!(
-            key.node_id().to_string(),
-            "10ba682c8ad13513971e8b56881aab8bd702bb80"
-        );
+        assert_eq!(key.node_id().to_string(), "10ba682c8ad13513971e8b56881aab8bd702bb80");
         assert_eq!(
             hex::encode(key.public_key().as_bytes()),
             "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737"
         );
-        assert_eq!(
-            NodeKey::from_json(&key.to_json()).unwrap().node_id(),
-            key.node_id()
-        );
+        assert_eq!(NodeKey::from_json(&key.to_json()).unwrap().node_id(), key.node_id());
     }
 
     #[test]
@@ -417,10 +387,7 @@ mod tests {
             "{{\n  \"id\": \"{VECTOR_ID}\",\n  \"priv_key\": {{\n    \"type\": \
              \"tendermint/PrivKeyEd25519\",\n    \"value\": \"{VECTOR_VALUE}\"\n  }}\n}}\n"
         );
-        assert_eq!(
-            NodeKey::from_json(&pretty).unwrap().node_id().to_string(),
-            VECTOR_ID
-        );
+        assert_eq!(NodeKey::from_json(&pretty).unwrap().node_id().to_string(), VECTOR_ID);
     }
 
     #[test]
@@ -448,13 +415,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_json() {
-        for bad in [
-            "",
-            "{",
-            "[]",
-            r#"{"priv_key":{"type":"tendermint/PrivKeyEd25519"}}"#,
-            "{}",
-        ] {
+        for bad in ["", "{", "[]", r#"{"priv_key":{"type":"tendermint/PrivKeyEd25519"}}"#, "{}"] {
             let e = NodeKey::from_json(bad).unwrap_err();
             assert!(matches!(e, NodeKeyError::Json(_)), "{bad:?}: {e:?}");
         }
@@ -462,12 +423,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_base64() {
-        for bad in [
-            "not base64!",
-            "EVk",
-            "EVk=====",
-            &VECTOR_VALUE.replace("==", ""),
-        ] {
+        for bad in ["not base64!", "EVk", "EVk=====", &VECTOR_VALUE.replace("==", "")] {
             let e = NodeKey::from_json(&with_value(bad)).unwrap_err();
             assert!(matches!(e, NodeKeyError::Base64(_)), "{bad:?}: {e:?}");
         }
@@ -477,10 +433,7 @@ mod tests {
     fn rejects_bad_length() {
         for len in [0usize, 32, 63, 65, 96] {
             let e = NodeKey::from_json(&with_value(&BASE64.encode(vec![7u8; len]))).unwrap_err();
-            assert!(
-                matches!(e, NodeKeyError::BadLength { len: l } if l == len),
-                "{len}: {e:?}"
-            );
+            assert!(matches!(e, NodeKeyError::BadLength { len: l } if l == len), "{len}: {e:?}");
             assert!(e.to_string().contains(&len.to_string()));
         }
     }
@@ -515,20 +468,12 @@ mod tests {
         }
         let loaded = NodeKey::load(&path).unwrap();
         assert_eq!(loaded.node_id(), key.node_id());
-        assert_eq!(
-            loaded.signing_key().to_bytes(),
-            key.signing_key().to_bytes()
-        );
+        assert_eq!(loaded.signing_key().to_bytes(), key.signing_key().to_bytes());
         // Overwrite works and leaves no temporary file behind.
-        NodeKey::from_json(&vector_json())
-            .unwrap()
-            .save(&path)
-            .unwrap();
+        NodeKey::from_json(&vector_json()).unwrap().save(&path).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), vector_json());
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("node_key.json")]);
     }
 
@@ -537,10 +482,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node_key.json");
         fs::write(&path, vector_json()).unwrap();
-        assert_eq!(
-            NodeKey::load(&path).unwrap().node_id().to_string(),
-            VECTOR_ID
-        );
+        assert_eq!(NodeKey::load(&path).unwrap().node_id().to_string(), VECTOR_ID);
     }
 
     #[test]
@@ -567,10 +509,7 @@ mod tests {
         assert!(matches!(e, NodeKeyError::Io { .. }), "{e:?}");
         assert!(e.to_string().contains("no-such-dir"), "{e}");
         // load_or_generate does not either.
-        assert!(matches!(
-            NodeKey::load_or_generate(&missing),
-            Err(NodeKeyError::Io { .. })
-        ));
+        assert!(matches!(NodeKey::load_or_generate(&missing), Err(NodeKeyError::Io { .. })));
     }
 
     #[test]
@@ -579,17 +518,12 @@ mod tests {
         let path = dir.path().join("node_key.json");
         fs::write(&path, vector_json().replace("Ed25519", "Sr25519")).unwrap();
         let e = NodeKey::load(&path).unwrap_err();
-        let NodeKeyError::InvalidFile { path: p, source } = &e else {
-            panic!("{e:?}")
-        };
+        let NodeKeyError::InvalidFile { path: p, source } = &e else { panic!("{e:?}") };
         assert_eq!(p, &path);
         assert!(matches!(**source, NodeKeyError::WrongKeyType { .. }));
         assert!(e.to_string().contains("node_key.json") && e.to_string().contains("Sr25519"));
         // load_or_generate must not overwrite an invalid file.
-        assert!(matches!(
-            NodeKey::load_or_generate(&path),
-            Err(NodeKeyError::InvalidFile { .. })
-        ));
+        assert!(matches!(NodeKey::load_or_generate(&path), Err(NodeKeyError::InvalidFile { .. })));
     }
 
     #[test]
@@ -597,9 +531,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node_key.json");
         fs::write(&path, " ".repeat(MAX_NODE_KEY_FILE_SIZE as usize + 1)).unwrap();
-        assert!(matches!(
-            NodeKey::load(&path),
-            Err(NodeKeyError::TooLarge { .. })
-        ));
+        assert!(matches!(NodeKey::load(&path), Err(NodeKeyError::TooLarge { .. })));
     }
 }

@@ -168,17 +168,12 @@ impl NodeInfo {
                 None => &self.listen_addr,
             };
             parse_host_port(&self.listen_addr, host_port, 0).map_err(|source| {
-                NodeInfoError::BadListenAddr {
-                    listen_addr: self.listen_addr.clone(),
-                    source,
-                }
+                NodeInfoError::BadListenAddr { listen_addr: self.listen_addr.clone(), source }
             })?;
         }
 
         if !self.version.is_empty() && !is_ascii_text(&self.version) {
-            return Err(NodeInfoError::BadVersion {
-                version: self.version.clone(),
-            });
+            return Err(NodeInfoError::BadVersion { version: self.version.clone() });
         }
 
         if self.channels.len() > MAX_CHANNELS {
@@ -196,21 +191,15 @@ impl NodeInfo {
         }
 
         if !is_ascii_text(&self.moniker) {
-            return Err(NodeInfoError::BadMoniker {
-                moniker: self.moniker.clone(),
-            });
+            return Err(NodeInfoError::BadMoniker { moniker: self.moniker.clone() });
         }
 
         if !matches!(self.tx_index.as_str(), "" | "on" | "off") {
-            return Err(NodeInfoError::BadTxIndex {
-                tx_index: self.tx_index.clone(),
-            });
+            return Err(NodeInfoError::BadTxIndex { tx_index: self.tx_index.clone() });
         }
 
         if !self.rpc_address.is_empty() && !is_ascii_text(&self.rpc_address) {
-            return Err(NodeInfoError::BadRpcAddress {
-                rpc_address: self.rpc_address.clone(),
-            });
+            return Err(NodeInfoError::BadRpcAddress { rpc_address: self.rpc_address.clone() });
         }
         Ok(())
     }
@@ -244,10 +233,7 @@ impl NodeInfo {
     /// [`MAX_NODE_INFO_SIZE`] bytes. Like [`TryFrom`], this does not [validate](Self::validate).
     pub fn decode(bytes: &[u8]) -> Result<Self, NodeInfoError> {
         if bytes.len() > MAX_NODE_INFO_SIZE {
-            return Err(NodeInfoError::TooLarge {
-                len: bytes.len(),
-                max: MAX_NODE_INFO_SIZE,
-            });
+            return Err(NodeInfoError::TooLarge { len: bytes.len(), max: MAX_NODE_INFO_SIZE });
         }
         let raw = proto::DefaultNodeInfo::decode(bytes).map_err(NodeInfoError::Decode)?;
         Self::try_from(raw)
@@ -272,17 +258,11 @@ impl TryFrom<proto::DefaultNodeInfo> for NodeInfo {
     /// characters (Go compares the string with the authenticated ID, so upper case would fail
     /// there). Missing `protocol_version` and `other` read as zeros and empty strings, as in Go.
     fn try_from(raw: proto::DefaultNodeInfo) -> Result<Self, Self::Error> {
-        let node_id: NodeId =
-            raw.default_node_id
-                .parse()
-                .map_err(|source| NodeInfoError::BadNodeId {
-                    value: raw.default_node_id.clone(),
-                    source,
-                })?;
+        let node_id: NodeId = raw.default_node_id.parse().map_err(|source| {
+            NodeInfoError::BadNodeId { value: raw.default_node_id.clone(), source }
+        })?;
         if raw.default_node_id.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(NodeInfoError::NodeIdNotLowercase {
-                value: raw.default_node_id,
-            });
+            return Err(NodeInfoError::NodeIdNotLowercase { value: raw.default_node_id });
         }
         let version = raw.protocol_version.unwrap_or_default();
         let other = raw.other.unwrap_or_default();
@@ -506,23 +486,13 @@ mod tests {
     #[test]
     fn defaults() {
         let info = NodeInfo::new(ID_A.parse().unwrap(), "c", "m", chans(&[1]));
-        assert_eq!(
-            info.protocol_version,
-            ProtocolVersion {
-                p2p: 8,
-                block: 11,
-                app: 0
-            }
-        );
+        assert_eq!(info.protocol_version, ProtocolVersion { p2p: 8, block: 11, app: 0 });
         assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(info.tx_index, "off");
         assert!(info.has_channel(ChannelId(1)));
         assert!(!info.has_channel(ChannelId(2)));
         // An empty listen address does not validate; a set one does.
-        assert!(matches!(
-            info.validate(),
-            Err(NodeInfoError::BadListenAddr { .. })
-        ));
+        assert!(matches!(info.validate(), Err(NodeInfoError::BadListenAddr { .. })));
         info.with_listen_addr("1.2.3.4:26656").validate().unwrap();
     }
 
@@ -541,10 +511,7 @@ mod tests {
 
     #[test]
     fn try_from_missing_optionals() {
-        let raw = proto::DefaultNodeInfo {
-            default_node_id: ID_A.into(),
-            ..Default::default()
-        };
+        let raw = proto::DefaultNodeInfo { default_node_id: ID_A.into(), ..Default::default() };
         let info = NodeInfo::try_from(raw).unwrap();
         assert_eq!(info.protocol_version, ProtocolVersion::new(0, 0, 0));
         assert_eq!(info.tx_index, "");
@@ -554,46 +521,27 @@ mod tests {
     #[test]
     fn try_from_bad_ids() {
         for id in ["", "abc", "zz", &ID_A[..39]] {
-            let raw = proto::DefaultNodeInfo {
-                default_node_id: id.into(),
-                ..Default::default()
-            };
+            let raw = proto::DefaultNodeInfo { default_node_id: id.into(), ..Default::default() };
             let e = NodeInfo::try_from(raw).unwrap_err();
-            assert!(
-                matches!(e, NodeInfoError::BadNodeId { .. }),
-                "{id:?}: {e:?}"
-            );
+            assert!(matches!(e, NodeInfoError::BadNodeId { .. }), "{id:?}: {e:?}");
             assert!(e.to_string().contains(&format!("{id:?}")));
         }
         let upper = ID_A.to_uppercase();
-        let raw = proto::DefaultNodeInfo {
-            default_node_id: upper.clone(),
-            ..Default::default()
-        };
+        let raw = proto::DefaultNodeInfo { default_node_id: upper.clone(), ..Default::default() };
         let e = NodeInfo::try_from(raw).unwrap_err();
-        assert!(
-            matches!(e, NodeInfoError::NodeIdNotLowercase { .. }),
-            "{e:?}"
-        );
+        assert!(matches!(e, NodeInfoError::NodeIdNotLowercase { .. }), "{e:?}");
         assert!(e.to_string().contains(&upper));
     }
 
     #[test]
     fn decode_limits() {
         let big = vec![0u8; MAX_NODE_INFO_SIZE + 1];
-        assert!(matches!(
-            NodeInfo::decode(&big),
-            Err(NodeInfoError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            NodeInfo::decode(&[0xff, 0xff]),
-            Err(NodeInfoError::Decode(_))
-        ));
+        assert!(matches!(NodeInfo::decode(&big), Err(NodeInfoError::TooLarge { .. })));
+        assert!(matches!(NodeInfo::decode(&[0xff, 0xff]), Err(NodeInfoError::Decode(_))));
         // A valid encoding of exactly the limit is not rejected for its size.
         let mut info = node_a();
         let base = info.encode_to_vec().len();
-        info.moniker
-            .push_str(&"x".repeat(MAX_NODE_INFO_SIZE - base - 1)); // its length prefix grows by a byte
+        info.moniker.push_str(&"x".repeat(MAX_NODE_INFO_SIZE - base - 1)); // its length prefix grows by a byte
         let body = info.encode_to_vec();
         assert_eq!(body.len(), MAX_NODE_INFO_SIZE);
         assert_eq!(NodeInfo::decode(&body).unwrap(), info);
@@ -630,15 +578,9 @@ mod tests {
             " 1.2.3.4:1",
         ] {
             let e = node_a().with_listen_addr(bad).validate().unwrap_err();
-            assert!(
-                matches!(e, NodeInfoError::BadListenAddr { .. }),
-                "{bad:?}: {e:?}"
-            );
+            assert!(matches!(e, NodeInfoError::BadListenAddr { .. }), "{bad:?}: {e:?}");
             let msg = e.to_string();
-            assert!(
-                msg.contains("listen_addr") && msg.contains(&format!("{bad:?}")),
-                "{msg}"
-            );
+            assert!(msg.contains("listen_addr") && msg.contains(&format!("{bad:?}")), "{msg}");
         }
     }
 
@@ -647,17 +589,11 @@ mod tests {
         let check = |info: NodeInfo, value: &str, ok: fn(&NodeInfoError) -> bool| {
             let e = info.validate().unwrap_err();
             assert!(ok(&e), "{value:?}: {e:?}");
-            assert!(
-                e.to_string().contains(value),
-                "{e} does not mention {value:?}"
-            );
+            assert!(e.to_string().contains(value), "{e} does not mention {value:?}");
         };
         // version
         node_a().with_version("").validate().unwrap();
-        node_a()
-            .with_version("v1.0.0-rc1 (abc)")
-            .validate()
-            .unwrap();
+        node_a().with_version("v1.0.0-rc1 (abc)").validate().unwrap();
         for bad in ["   ", "1.0\t", "vé", "\u{7f}"] {
             check(node_a().with_version(bad), &format!("{bad:?}"), |e| {
                 matches!(e, NodeInfoError::BadVersion { .. })
@@ -668,19 +604,11 @@ mod tests {
         info.channels = (0..16).map(ChannelId).collect();
         info.validate().unwrap();
         info.channels = (0..17).map(ChannelId).collect();
-        check(info, "17 channels", |e| {
-            matches!(e, NodeInfoError::TooManyChannels { .. })
-        });
+        check(info, "17 channels", |e| matches!(e, NodeInfoError::TooManyChannels { .. }));
         let mut info = node_a();
         info.channels = chans(&[0x40, 0x20, 0x40]);
         check(info, "[0x40, 0x20, 0x40]", |e| {
-            matches!(
-                e,
-                NodeInfoError::DuplicateChannel {
-                    channel: ChannelId(0x40),
-                    ..
-                }
-            )
+            matches!(e, NodeInfoError::DuplicateChannel { channel: ChannelId(0x40), .. })
         });
         let mut info = node_a();
         info.channels.clear();
@@ -697,20 +625,16 @@ mod tests {
         node_a().with_tx_index("").validate().unwrap();
         node_a().with_tx_index("off").validate().unwrap();
         for bad in ["ON", "yes", " on"] {
-            check(
-                node_a().with_tx_index(bad),
-                &format!("tx_index {bad:?}"),
-                |e| matches!(e, NodeInfoError::BadTxIndex { .. }),
-            );
+            check(node_a().with_tx_index(bad), &format!("tx_index {bad:?}"), |e| {
+                matches!(e, NodeInfoError::BadTxIndex { .. })
+            });
         }
         // rpc_address
         node_a().with_rpc_address("").validate().unwrap();
         for bad in ["  ", "tcp://x\n"] {
-            check(
-                node_a().with_rpc_address(bad),
-                &format!("rpc_address {bad:?}"),
-                |e| matches!(e, NodeInfoError::BadRpcAddress { .. }),
-            );
+            check(node_a().with_rpc_address(bad), &format!("rpc_address {bad:?}"), |e| {
+                matches!(e, NodeInfoError::BadRpcAddress { .. })
+            });
         }
     }
 
@@ -728,10 +652,7 @@ mod tests {
         let mut c = b.clone();
         c.protocol_version.block = 10;
         let e = a.compatible_with(&c).unwrap_err();
-        assert_eq!(
-            e,
-            NodeInfoError::BlockProtocolMismatch { ours: 11, peer: 10 }
-        );
+        assert_eq!(e, NodeInfoError::BlockProtocolMismatch { ours: 11, peer: 10 });
         assert_eq!(e.to_string(), "block protocol mismatch: ours 11, peer's 10");
 
         let mut c = b.clone();
@@ -740,10 +661,7 @@ mod tests {
         ours.network = "chain-a".into();
         let e = ours.compatible_with(&c).unwrap_err();
         assert!(matches!(e, NodeInfoError::NetworkMismatch { .. }));
-        assert_eq!(
-            e.to_string(),
-            r#"network mismatch: ours "chain-a", peer's "chain-b""#
-        );
+        assert_eq!(e.to_string(), r#"network mismatch: ours "chain-a", peer's "chain-b""#);
 
         let mut c = b.clone();
         c.channels = chans(&[0x01, 0x02]);
@@ -762,9 +680,6 @@ mod tests {
         empty.compatible_with(&c).unwrap();
         // But a peer with no channels is not compatible with us.
         c.channels.clear();
-        assert!(matches!(
-            a.compatible_with(&c),
-            Err(NodeInfoError::NoCommonChannel { .. })
-        ));
+        assert!(matches!(a.compatible_with(&c), Err(NodeInfoError::NoCommonChannel { .. })));
     }
 }

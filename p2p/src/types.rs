@@ -86,10 +86,8 @@ impl FromStr for NodeId {
             return Err(NodeIdError::Length { input: s.to_owned(), len: s.chars().count() });
         }
         let mut id = [0u8; NODE_ID_LEN];
-        hex::decode_to_slice(s, &mut id).map_err(|_| NodeIdError::Length {
-            input: s.to_owned(),
-            len: s.len(),
-        })?;
+        hex::decode_to_slice(s, &mut id)
+            .map_err(|_| NodeIdError::Length { input: s.to_owned(), len: s.len() })?;
         Ok(Self(id))
     }
 }

@@ -19,39 +19,23 @@ fn delimited<M: Message>(msg: &M) -> Vec<u8> {
 
 fn packet_msg(channel_id: i32, eof: bool, data: Vec<u8>) -> Packet {
     Packet {
-        sum: Some(packet::Sum::PacketMsg(PacketMsg {
-            channel_id,
-            eof,
-            data: Bytes::from(data),
-        })),
+        sum: Some(packet::Sum::PacketMsg(PacketMsg { channel_id, eof, data: Bytes::from(data) })),
     }
 }
 
 #[test]
 fn ping_and_pong() {
-    let ping = Packet {
-        sum: Some(packet::Sum::PacketPing(PacketPing {})),
-    };
-    let pong = Packet {
-        sum: Some(packet::Sum::PacketPong(PacketPong {})),
-    };
+    let ping = Packet { sum: Some(packet::Sum::PacketPing(PacketPing {})) };
+    let pong = Packet { sum: Some(packet::Sum::PacketPong(PacketPong {})) };
     assert_eq!(delimited(&ping), [0x02, 0x0a, 0x00]);
     assert_eq!(delimited(&pong), [0x02, 0x12, 0x00]);
-    assert_eq!(
-        Packet::decode_length_delimited(&[0x02u8, 0x0a, 0x00][..]).unwrap(),
-        ping
-    );
-    assert_eq!(
-        Packet::decode_length_delimited(&[0x02u8, 0x12, 0x00][..]).unwrap(),
-        pong
-    );
+    assert_eq!(Packet::decode_length_delimited(&[0x02u8, 0x0a, 0x00][..]).unwrap(), ping);
+    assert_eq!(Packet::decode_length_delimited(&[0x02u8, 0x12, 0x00][..]).unwrap(), pong);
 }
 
 #[test]
 fn pex_request_on_channel_0() {
-    let req = PexMessage {
-        sum: Some(pex_message::Sum::PexRequest(PexRequest {})),
-    };
+    let req = PexMessage { sum: Some(pex_message::Sum::PexRequest(PexRequest {})) };
     assert_eq!(req.encode_to_vec(), [0x0a, 0x00]);
     let pkt = packet_msg(0x00, true, req.encode_to_vec());
     let wire = delimited(&pkt);
@@ -82,20 +66,12 @@ fn pex_addrs_round_trip() {
 #[test]
 fn mempool_txs_on_channel_0x30() {
     let txs = mempool::Message {
-        sum: Some(mempool::message::Sum::Txs(mempool::Txs {
-            txs: vec![b"hello".to_vec()],
-        })),
+        sum: Some(mempool::message::Sum::Txs(mempool::Txs { txs: vec![b"hello".to_vec()] })),
     };
     let pkt = packet_msg(0x30, true, txs.encode_to_vec());
     let wire = delimited(&pkt);
-    assert_eq!(
-        wire,
-        hex::decode("111a0f083010011a090a070a0568656c6c6f").unwrap()
-    );
-    assert_eq!(
-        Packet::decode_length_delimited(wire.as_slice()).unwrap(),
-        pkt
-    );
+    assert_eq!(wire, hex::decode("111a0f083010011a090a070a0568656c6c6f").unwrap());
+    assert_eq!(Packet::decode_length_delimited(wire.as_slice()).unwrap(), pkt);
 }
 
 #[test]
@@ -113,11 +89,7 @@ const NODE_INFO_HEX: &str = "8d010a040808100b12283130626136383263386164313335313
 #[test]
 fn default_node_info() {
     let info = DefaultNodeInfo {
-        protocol_version: Some(ProtocolVersion {
-            p2p: 8,
-            block: 11,
-            app: 0,
-        }),
+        protocol_version: Some(ProtocolVersion { p2p: 8, block: 11, app: 0 }),
         default_node_id: "10ba682c8ad13513971e8b56881aab8bd702bb80".into(),
         listen_addr: "tcp://127.0.0.1:26656".into(),
         network: "test-chain".into(),
@@ -132,49 +104,34 @@ fn default_node_info() {
     let golden = hex::decode(NODE_INFO_HEX).unwrap();
     assert_eq!(golden.len(), 143);
     assert_eq!(delimited(&info), golden);
-    assert_eq!(
-        DefaultNodeInfo::decode_length_delimited(golden.as_slice()).unwrap(),
-        info
-    );
+    assert_eq!(DefaultNodeInfo::decode_length_delimited(golden.as_slice()).unwrap(), info);
 }
 
 #[test]
 fn bytes_value_ephemeral_key() {
-    let value = BytesValue {
-        value: vec![0x5a; 32],
-    };
+    let value = BytesValue { value: vec![0x5a; 32] };
     let wire = delimited(&value);
     assert_eq!(wire.len(), 35);
     assert_eq!(wire.get(..3), Some(&[0x22u8, 0x0a, 0x20][..]));
-    assert_eq!(
-        BytesValue::decode_length_delimited(wire.as_slice()).unwrap(),
-        value
-    );
+    assert_eq!(BytesValue::decode_length_delimited(wire.as_slice()).unwrap(), value);
 }
 
 #[test]
 fn auth_sig_message_round_trip() {
     let msg = AuthSigMessage {
-        pub_key: Some(PublicKey {
-            sum: Some(public_key::Sum::Ed25519(vec![7; 32])),
-        }),
+        pub_key: Some(PublicKey { sum: Some(public_key::Sum::Ed25519(vec![7; 32])) }),
         sig: vec![9; 64],
     };
     let wire = delimited(&msg);
     // delimiter 0x66; pub_key: 0a 22 (0a 20 <32 bytes>); sig: 12 40 <64 bytes>.
     assert_eq!(wire.get(..5), Some(&[0x66u8, 0x0a, 0x22, 0x0a, 0x20][..]));
-    assert_eq!(
-        AuthSigMessage::decode_length_delimited(wire.as_slice()).unwrap(),
-        msg
-    );
+    assert_eq!(AuthSigMessage::decode_length_delimited(wire.as_slice()).unwrap(), msg);
 }
 
 #[test]
 fn echo_round_trip() {
     let ping = EchoMessage {
-        inner: Some(echo_message::Inner::Ping(PingMessage {
-            content: "hi".into(),
-        })),
+        inner: Some(echo_message::Inner::Ping(PingMessage { content: "hi".into() })),
     };
     let bytes = ping.encode_to_vec();
     assert_eq!(bytes, [0x0a, 0x04, 0x0a, 0x02, b'h', b'i']);

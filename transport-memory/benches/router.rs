@@ -129,13 +129,6 @@ fn main() {
         }
         let (r, m) = (median(r), median(m));
         let case = format!("{} B, {} peer(s)", size, peers);
-        println!(
-            "{:<28} {:>14.0} {:>14.0} {:>8.3} {:>12.0}",
-            case,
-            r,
-            m,
-            r / m,
-            1e9 / r - 1e9 / m
-        );
+        println!("{:<28} {:>14.0} {:>14.0} {:>8.3} {:>12.0}", case, r, m, r / m, 1e9 / r - 1e9 / m);
     }
 }

@@ -99,8 +99,7 @@ fn percentile(sorted: &[u64], p: f64) -> Duration {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args = parse_args()?;
@@ -210,7 +209,8 @@ async fn main() -> anyhow::Result<()> {
     let mut dropped_stats = 0;
     for node in &nodes {
         for (_, s) in node.router.stats().channels {
-            dropped_stats += s.dropped_full + s.dropped_oldest + s.dropped_timeout + s.dropped_peer_gone;
+            dropped_stats +=
+                s.dropped_full + s.dropped_oldest + s.dropped_timeout + s.dropped_peer_gone;
         }
     }
     for node in &nodes {
@@ -241,7 +241,9 @@ async fn main() -> anyhow::Result<()> {
         delivered as f64 / elapsed.as_secs_f64(),
         ms(elapsed)
     );
-    println!("delivered {delivered}/{expected} messages ({dropped} dropped at send, {dropped_stats} dropped in queues)");
+    println!(
+        "delivered {delivered}/{expected} messages ({dropped} dropped at send, {dropped_stats} dropped in queues)"
+    );
     if !complete || delivered != expected || dropped != 0 || dropped_stats != 0 {
         bail!("lost messages: delivered {delivered} of {expected}");
     }

@@ -277,7 +277,8 @@ impl MemoryTransport {
         let (a_tx, b_rx) = mpsc::channel(cap);
         let (b_tx, a_rx) = mpsc::channel(cap);
         let severed = Arc::new(Severed::default());
-        let key = if self.node_id < target { (self.node_id, target) } else { (target, self.node_id) };
+        let key =
+            if self.node_id < target { (self.node_id, target) } else { (target, self.node_id) };
         {
             let mut st = self.network.lock();
             let list = st.pairs.entry(key).or_default();
@@ -401,7 +402,9 @@ impl Connection for MemoryConnection {
         self.send_frame(Frame::Hello(our_nonce)).await?;
         let their_nonce = match self.recv_frame().await? {
             Frame::Hello(n) => n,
-            other => return Err(HandshakeError::Protocol(format!("expected hello, got {other:?}"))),
+            other => {
+                return Err(HandshakeError::Protocol(format!("expected hello, got {other:?}")));
+            }
         };
         if their_nonce == our_nonce {
             return Err(HandshakeError::Protocol("peer echoed our nonce".into()));
@@ -420,7 +423,9 @@ impl Connection for MemoryConnection {
             .map_err(|e| HandshakeError::Authentication(format!("invalid public key: {e}")))?;
         peer_key
             .verify(&Self::sign_input(&our_nonce, &their_nonce), &Signature::from_bytes(&signature))
-            .map_err(|_| HandshakeError::Authentication("signature over our nonce is invalid".into()))?;
+            .map_err(|_| {
+                HandshakeError::Authentication("signature over our nonce is invalid".into())
+            })?;
         let info = NodeInfo::decode(&node_info)?;
         Ok((info, peer_key))
     }
@@ -459,7 +464,9 @@ impl Connection for MemoryConnection {
                 }
             }
             Frame::Close => Err(ConnectionError::Closed),
-            other => Err(ConnectionError::Protocol(format!("unexpected frame after handshake: {other:?}"))),
+            other => Err(ConnectionError::Protocol(format!(
+                "unexpected frame after handshake: {other:?}"
+            ))),
         }
     }
 

@@ -74,7 +74,8 @@
 //! the lowest-scored peer that is not persistent, not connected, not being dialed and not banned,
 //! provided it scores strictly below a new peer (0); otherwise the address is rejected with
 //! [`AddAddressError::StoreFull`]. Inbound peers with no known address are tracked while
-//! connected and forgotten when they disconnect (unless banned). Every change that must survive
+//! connected and forgotten when they disconnect, unless they are banned or have a negative score
+//! (so a misbehaving peer cannot come back with a clean slate). Every change that must survive
 //! a restart (addresses, failures, score, ban, last connection) marks the peer dirty for
 //! [`PeerManager::drain_dirty`].
 
@@ -137,9 +138,7 @@ impl Timestamp {
 
     /// The current wall-clock time; a convenience for callers (the state machine never calls it).
     pub fn now() -> Self {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         Self(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 
@@ -374,12 +373,7 @@ struct Addr {
 
 impl Addr {
     fn new(address: NodeAddress) -> Self {
-        Self {
-            address,
-            failures: 0,
-            last_failure: None,
-            retry_at: None,
-        }
+        Self { address, failures: 0, last_failure: None, retry_at: None }
     }
 
     fn ready_at(&self) -> Timestamp {
@@ -444,11 +438,7 @@ impl Peer {
     }
 
     fn score_at(&self, now: Timestamp, half_life: Duration) -> f64 {
-        if self.persistent {
-            PERSISTENT_SCORE
-        } else {
-            self.decayed_score(now, half_life)
-        }
+        if self.persistent { PERSISTENT_SCORE } else { self.decayed_score(now, half_life) }
     }
 
     /// Adds `delta` to the mutable score (persistent peers keep theirs fixed).
@@ -540,25 +530,11 @@ fn backoff(
     failures: u32,
     persistent: bool,
 ) -> Duration {
-    let cap = if persistent {
-        config.max_retry_persistent
-    } else {
-        config.max_retry
-    };
-    let factor = 1u32
-        .checked_shl(failures.saturating_sub(1))
-        .unwrap_or(u32::MAX);
+    let cap = if persistent { config.max_retry_persistent } else { config.max_retry };
+    let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
     let delay = config.min_retry.saturating_mul(factor).min(cap);
-    let max_jitter = if config.retry_jitter > 0.0 {
-        config.retry_jitter.min(1.0)
-    } else {
-        0.0
-    };
-    let jitter = if max_jitter > 0.0 {
-        rng.random_range(0.0..max_jitter)
-    } else {
-        0.0
-    };
+    let max_jitter = if config.retry_jitter > 0.0 { config.retry_jitter.min(1.0) } else { 0.0 };
+    let jitter = if max_jitter > 0.0 { rng.random_range(0.0..max_jitter) } else { 0.0 };
     Duration::try_from_secs_f64(delay.as_secs_f64() * (1.0 + jitter)).unwrap_or(delay)
 }
 
@@ -632,12 +608,8 @@ impl PeerManager {
                 if addr.failures > 0
                     && let Some(last) = addr.last_failure
                 {
-                    let delay = backoff(
-                        &manager.config,
-                        &mut manager.rng,
-                        addr.failures,
-                        peer.persistent,
-                    );
+                    let delay =
+                        backoff(&manager.config, &mut manager.rng, addr.failures, peer.persistent);
                     addr.retry_at = Some(last + delay);
                 }
             }
@@ -660,11 +632,8 @@ impl PeerManager {
         }
         let mut peer = Peer::new(now);
         peer.persistent = record.persistent;
-        peer.score = if record.score.is_finite() {
-            record.score.clamp(MIN_SCORE, MAX_SCORE)
-        } else {
-            0.0
-        };
+        peer.score =
+            if record.score.is_finite() { record.score.clamp(MIN_SCORE, MAX_SCORE) } else { 0.0 };
         peer.score_updated_at = record.score_updated_at;
         peer.banned_until = record.banned_until;
         peer.last_connected = record.last_connected;
@@ -732,13 +701,11 @@ impl PeerManager {
 
     /// Whether `peer` may take an upgrade slot.
     fn upgrade_worthy(&self, peer: NodeId, now: Timestamp) -> bool {
-        let (persistent, score) = self.peers.get(&peer).map_or((false, 0.0), |p| {
-            (p.persistent, p.score_at(now, self.half_life()))
-        });
-        persistent
-            || self
-                .lowest_connected(now)
-                .is_some_and(|(_, lowest)| score > lowest)
+        let (persistent, score) = self
+            .peers
+            .get(&peer)
+            .map_or((false, 0.0), |p| (p.persistent, p.score_at(now, self.half_life())));
+        persistent || self.lowest_connected(now).is_some_and(|(_, lowest)| score > lowest)
     }
 
     /// Adds a peer address learned from the configuration, PEX or an operator.
@@ -769,9 +736,7 @@ impl PeerManager {
             match self.prune_candidate(now) {
                 Some((victim, score)) if score < 0.0 => self.forget(victim),
                 _ => {
-                    return Err(AddAddressError::StoreFull {
-                        max_peers: self.config.max_peers,
-                    });
+                    return Err(AddAddressError::StoreFull { max_peers: self.config.max_peers });
                 }
             }
         }
@@ -800,12 +765,7 @@ impl PeerManager {
             .filter(|(_, p)| matches!(p.link, Link::Idle) && p.ban_until(now).is_none())
             .filter_map(|(id, p)| {
                 let addr = p.best_address(now)?;
-                Some((
-                    p.score_at(now, self.half_life()),
-                    addr.failures,
-                    *id,
-                    p.persistent,
-                ))
+                Some((p.score_at(now, self.half_life()), addr.failures, *id, p.persistent))
             })
             .collect();
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
@@ -1019,9 +979,8 @@ impl PeerManager {
             evicting: false,
             address: address.cloned(),
         });
-        let active = (self.peers.values())
-            .filter(|p| p.connection().is_some_and(|c| !c.evicting))
-            .count();
+        let active =
+            (self.peers.values()).filter(|p| p.connection().is_some_and(|c| !c.evicting)).count();
         if active > self.config.max_connected
             && let Some((victim, _)) = self.lowest_connected(now)
         {
@@ -1038,11 +997,7 @@ impl PeerManager {
         };
         if !conn.evicting {
             conn.evicting = true;
-            self.evictions.push_back(Eviction {
-                node_id: id,
-                connection: conn.id,
-                reason,
-            });
+            self.evictions.push_back(Eviction { node_id: id, connection: conn.id, reason });
         }
     }
 
@@ -1077,6 +1032,7 @@ impl PeerManager {
     /// unless `conn` is the peer's current connection (a replaced one was already handled).
     pub fn disconnected(&mut self, peer: NodeId, conn: ConnectionId, now: Timestamp) {
         self.tick(now);
+        let half_life = self.half_life();
         let Some(known) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -1097,9 +1053,12 @@ impl PeerManager {
         if let Some(entry) = old.address.as_ref().and_then(|a| known.address_mut(a)) {
             entry.retry_at = Some(entry.ready_at().max(now + self.config.min_retry));
         }
+        // An address-less (inbound-only) peer is remembered only while it is banned or
+        // penalised, so a misbehaving peer cannot reconnect with a clean score.
+        let remember = known.ban_until(now).is_some() || known.score_at(now, half_life) < 0.0;
         if known.addresses.is_empty()
             && !known.persistent
-            && (known.ban_until(now).is_none() || self.peers.len() > self.config.max_peers)
+            && (!remember || self.peers.len() > self.config.max_peers)
         {
             self.forget(peer);
         }
@@ -1160,16 +1119,12 @@ impl PeerManager {
 
     /// The effective score of `peer` at `now`, if it is known.
     pub fn score(&self, peer: NodeId, now: Timestamp) -> Option<f64> {
-        self.peers
-            .get(&peer)
-            .map(|p| p.score_at(now, self.half_life()))
+        self.peers.get(&peer).map(|p| p.score_at(now, self.half_life()))
     }
 
     /// Whether `peer` is banned at `now`.
     pub fn is_banned(&self, peer: NodeId, now: Timestamp) -> bool {
-        self.peers
-            .get(&peer)
-            .is_some_and(|p| p.ban_until(now).is_some())
+        self.peers.get(&peer).is_some_and(|p| p.ban_until(now).is_some())
     }
 
     /// Whether `peer` is configured as persistent.
@@ -1179,17 +1134,12 @@ impl PeerManager {
 
     /// Whether we are dialing `peer`.
     pub fn is_dialing(&self, peer: NodeId) -> bool {
-        self.peers
-            .get(&peer)
-            .is_some_and(|p| matches!(p.link, Link::Dialing(_)))
+        self.peers.get(&peer).is_some_and(|p| matches!(p.link, Link::Dialing(_)))
     }
 
     /// `peer`'s admitted connection (ready or not) and its direction.
     pub fn connection(&self, peer: NodeId) -> Option<(ConnectionId, Direction)> {
-        self.peers
-            .get(&peer)?
-            .connection()
-            .map(|c| (c.id, c.direction))
+        self.peers.get(&peer)?.connection().map(|c| (c.id, c.direction))
     }
 
     /// The peers with an admitted connection (ready or not), by node ID.
@@ -1199,35 +1149,26 @@ impl PeerManager {
 
     /// The known addresses of `peer`.
     pub fn addresses(&self, peer: NodeId) -> Vec<NodeAddress> {
-        self.peers.get(&peer).map_or_else(Vec::new, |p| {
-            p.addresses.iter().map(|a| a.address.clone()).collect()
-        })
+        self.peers
+            .get(&peer)
+            .map_or_else(Vec::new, |p| p.addresses.iter().map(|a| a.address.clone()).collect())
     }
 
     /// Number of peers with an admitted connection.
     pub fn num_connected(&self) -> usize {
-        self.peers
-            .values()
-            .filter(|p| p.connection().is_some())
-            .count()
+        self.peers.values().filter(|p| p.connection().is_some()).count()
     }
 
     /// Number of outbound connections.
     pub fn num_outbound(&self) -> usize {
         (self.peers.values())
-            .filter(|p| {
-                p.connection()
-                    .is_some_and(|c| c.direction == Direction::Outbound)
-            })
+            .filter(|p| p.connection().is_some_and(|c| c.direction == Direction::Outbound))
             .count()
     }
 
     /// Number of dials in progress.
     pub fn num_dialing(&self) -> usize {
-        self.peers
-            .values()
-            .filter(|p| matches!(p.link, Link::Dialing(_)))
-            .count()
+        self.peers.values().filter(|p| matches!(p.link, Link::Dialing(_))).count()
     }
 
     /// Number of known peers.

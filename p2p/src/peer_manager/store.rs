@@ -111,10 +111,7 @@ impl PeerStore {
         let path = path.as_ref().to_path_buf();
         match Database::create(&path) {
             Ok(db) => Self::init(db, path),
-            Err(e) => Err(PeerStoreError::Open {
-                path,
-                source: e.into(),
-            }),
+            Err(e) => Err(PeerStoreError::Open { path, source: e.into() }),
         }
     }
 
@@ -123,10 +120,7 @@ impl PeerStore {
         let path = PathBuf::from("<memory>");
         match Database::builder().create_with_backend(InMemoryBackend::new()) {
             Ok(db) => Self::init(db, path),
-            Err(e) => Err(PeerStoreError::Open {
-                path,
-                source: e.into(),
-            }),
+            Err(e) => Err(PeerStoreError::Open { path, source: e.into() }),
         }
     }
 
@@ -170,18 +164,13 @@ impl PeerStore {
             }
             Ok(records)
         };
-        read().map_err(|source| PeerStoreError::Read {
-            path: self.path.clone(),
-            source,
-        })
+        read().map_err(|source| PeerStoreError::Read { path: self.path.clone(), source })
     }
 
     /// Applies `ops` in one write transaction.
     pub fn apply(&self, ops: &[StoreOp]) -> Result<(), PeerStoreError> {
-        let write_err = |source: redb::Error| PeerStoreError::Write {
-            path: self.path.clone(),
-            source,
-        };
+        let write_err =
+            |source: redb::Error| PeerStoreError::Write { path: self.path.clone(), source };
         let tx = self.db.begin_write().map_err(|e| write_err(e.into()))?;
         {
             let mut table = tx.open_table(PEERS).map_err(|e| write_err(e.into()))?;
@@ -226,8 +215,6 @@ mod node_id_hex {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<NodeId, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(D::Error::custom)
+        String::deserialize(deserializer)?.parse().map_err(D::Error::custom)
     }
 }

@@ -18,9 +18,7 @@ fn addr(n: u8) -> NodeAddress {
 }
 
 fn addr_port(n: u8, port: u16) -> NodeAddress {
-    format!("mconn://{}@127.0.0.1:{port}", id(n))
-        .parse()
-        .unwrap()
+    format!("mconn://{}@127.0.0.1:{port}", id(n)).parse().unwrap()
 }
 
 fn t(ms: u64) -> Timestamp {
@@ -28,10 +26,7 @@ fn t(ms: u64) -> Timestamp {
 }
 
 fn config() -> PeerManagerConfig {
-    PeerManagerConfig {
-        rng_seed: 7,
-        ..PeerManagerConfig::default()
-    }
+    PeerManagerConfig { rng_seed: 7, ..PeerManagerConfig::default() }
 }
 
 fn manager(config: PeerManagerConfig) -> PeerManager {
@@ -40,17 +35,12 @@ fn manager(config: PeerManagerConfig) -> PeerManager {
 
 /// Admits an inbound connection from peer `n` and reports it ready.
 fn connect_inbound(pm: &mut PeerManager, n: u8, conn: u64, now: Timestamp) {
-    assert_eq!(
-        pm.accepted(id(n), ConnectionId(conn), now),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.accepted(id(n), ConnectionId(conn), now), Ok(Admission::Accepted));
     pm.ready(id(n), ConnectionId(conn), now);
 }
 
 fn updates(pm: &mut PeerManager) -> Vec<(NodeId, PeerStatus, u64)> {
-    pm.drain_updates()
-        .map(|u| (u.node_id, u.status, u.connection.0))
-        .collect()
+    pm.drain_updates().map(|u| (u.node_id, u.status, u.connection.0)).collect()
 }
 
 fn approx(a: f64, b: f64) -> bool {
@@ -85,20 +75,14 @@ fn score_decays_with_half_life_and_is_bounded() {
     assert_eq!(pm.score(id(2), now), None);
 
     // Persistent peers keep their fixed top score.
-    let mut pm = manager(PeerManagerConfig {
-        persistent_peers: vec![addr(3)],
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { persistent_peers: vec![addr(3)], ..config() });
     pm.report(id(3), Severity::Disconnect, now);
     assert_eq!(pm.score(id(3), now), Some(PERSISTENT_SCORE));
 }
 
 #[test]
 fn dial_order_by_score_then_failures_then_id() {
-    let mut pm = manager(PeerManagerConfig {
-        max_outgoing: 100,
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { max_outgoing: 100, ..config() });
     let now = t(0);
     for n in [5, 4, 3, 2, 1] {
         pm.add_address(addr(n), now).unwrap();
@@ -124,10 +108,7 @@ fn dial_picks_address_with_fewest_failures() {
     pm.dial_failed(&addr_port(1, 26656), now);
     // The failed address backs off; the other one is ready at once.
     assert_eq!(pm.dial_next(now), Some(addr_port(1, 26657)));
-    assert_eq!(
-        pm.dialed(&addr_port(1, 26657), ConnectionId(1), now),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.dialed(&addr_port(1, 26657), ConnectionId(1), now), Ok(Admission::Accepted));
 }
 
 /// Fails `rounds` dials of peer 1 as soon as they are due; returns the retry delays.
@@ -178,25 +159,18 @@ fn backoff_doubles_caps_and_is_reproducible() {
 
 #[test]
 fn successful_dial_resets_backoff() {
-    let mut pm = manager(PeerManagerConfig {
-        min_retry: Duration::from_secs(1),
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { min_retry: Duration::from_secs(1), ..config() });
     pm.add_address(addr(1), t(0)).unwrap();
     failure_delays(&mut pm, 3);
     let now = pm.next_dial_at().unwrap();
     assert_eq!(pm.dial_next(now), Some(addr(1)));
-    assert_eq!(
-        pm.dialed(&addr(1), ConnectionId(1), now),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), now), Ok(Admission::Accepted));
     pm.disconnected(id(1), ConnectionId(1), now);
     // Only the short pause after an outbound disconnect, no backoff.
     assert_eq!(pm.next_dial_at(), Some(now + Duration::from_secs(1)));
     let ops = pm.drain_dirty();
-    let Some(StoreOp::Put(record)) = ops
-        .iter()
-        .find(|op| matches!(op, StoreOp::Put(r) if r.node_id == id(1)))
+    let Some(StoreOp::Put(record)) =
+        ops.iter().find(|op| matches!(op, StoreOp::Put(r) if r.node_id == id(1)))
     else {
         panic!("no record for peer 1: {ops:?}");
     };
@@ -225,10 +199,7 @@ fn persistent_peers_are_never_given_up_and_capped() {
 
 #[test]
 fn non_persistent_peer_forgotten_after_max_dial_failures() {
-    let mut pm = manager(PeerManagerConfig {
-        max_dial_failures: 3,
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { max_dial_failures: 3, ..config() });
     pm.add_address(addr(1), t(0)).unwrap();
     pm.drain_dirty();
     failure_delays(&mut pm, 3);
@@ -244,19 +215,13 @@ fn non_persistent_peer_forgotten_after_max_dial_failures() {
 
 #[test]
 fn max_outgoing_is_respected() {
-    let mut pm = manager(PeerManagerConfig {
-        max_outgoing: 3,
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { max_outgoing: 3, ..config() });
     for n in 1..=10 {
         pm.add_address(addr(n), t(0)).unwrap();
     }
     let dials: Vec<NodeAddress> = std::iter::from_fn(|| pm.dial_next(t(0))).collect();
     assert_eq!(dials, vec![addr(1), addr(2), addr(3)]);
-    assert_eq!(
-        pm.dialed(&addr(1), ConnectionId(1), t(0)),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), t(0)), Ok(Admission::Accepted));
     assert_eq!(pm.dial_next(t(0)), None);
     pm.dial_failed(&addr(2), t(0));
     assert_eq!(pm.dial_next(t(0)), Some(addr(4)));
@@ -270,11 +235,7 @@ fn max_outgoing_is_respected() {
 
 #[test]
 fn persistent_peers_are_dialed_beyond_max_outgoing() {
-    let cfg = PeerManagerConfig {
-        max_outgoing: 1,
-        persistent_peers: vec![addr(9)],
-        ..config()
-    };
+    let cfg = PeerManagerConfig { max_outgoing: 1, persistent_peers: vec![addr(9)], ..config() };
     let mut pm = manager(cfg);
     pm.add_address(addr(1), t(0)).unwrap();
     assert_eq!(pm.dial_next(t(0)), Some(addr(9)));
@@ -282,27 +243,17 @@ fn persistent_peers_are_dialed_beyond_max_outgoing() {
     pm.dial_failed(&addr(9), t(0));
     // While the persistent peer backs off, a regular peer takes the only outbound slot...
     assert_eq!(pm.dial_next(t(0)), Some(addr(1)));
-    assert_eq!(
-        pm.dialed(&addr(1), ConnectionId(1), t(0)),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), t(0)), Ok(Admission::Accepted));
     // ...but the persistent peer is still dialed when its retry time comes.
     let retry = pm.next_dial_at().unwrap();
     assert_eq!(pm.dial_next(retry), Some(addr(9)));
-    assert_eq!(
-        pm.dialed(&addr(9), ConnectionId(2), retry),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.dialed(&addr(9), ConnectionId(2), retry), Ok(Admission::Accepted));
     assert_eq!(pm.num_outbound(), 2);
 }
 
 #[test]
 fn max_connected_is_respected() {
-    let mut pm = manager(PeerManagerConfig {
-        max_connected: 2,
-        max_upgrade: 0,
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { max_connected: 2, max_upgrade: 0, ..config() });
     pm.add_address(addr(1), t(0)).unwrap();
     assert_eq!(pm.dial_next(t(0)), Some(addr(1)));
     connect_inbound(&mut pm, 2, 2, t(0));
@@ -310,15 +261,9 @@ fn max_connected_is_respected() {
     pm.add_address(addr(3), t(0)).unwrap();
     assert_eq!(pm.dial_next(t(0)), None);
     connect_inbound(&mut pm, 4, 4, t(0));
-    assert_eq!(
-        pm.accepted(id(5), ConnectionId(5), t(0)),
-        Err(Rejection::Full)
-    );
+    assert_eq!(pm.accepted(id(5), ConnectionId(5), t(0)), Err(Rejection::Full));
     // The dial completes into a full node.
-    assert_eq!(
-        pm.dialed(&addr(1), ConnectionId(1), t(0)),
-        Err(Rejection::Full)
-    );
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), t(0)), Err(Rejection::Full));
     assert_eq!(pm.num_connected(), 2);
     assert_eq!(pm.num_dialing(), 0);
     assert_eq!(pm.evict_next(), None);
@@ -326,11 +271,7 @@ fn max_connected_is_respected() {
 
 #[test]
 fn upgrade_dial_evicts_lowest_peer() {
-    let mut pm = manager(PeerManagerConfig {
-        max_connected: 2,
-        max_upgrade: 1,
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { max_connected: 2, max_upgrade: 1, ..config() });
     let now = t(0);
     connect_inbound(&mut pm, 1, 1, now);
     connect_inbound(&mut pm, 2, 2, now);
@@ -341,10 +282,7 @@ fn upgrade_dial_evicts_lowest_peer() {
     pm.report_good(id(3), now);
     assert_eq!(pm.dial_next(now), Some(addr(3)));
     assert_eq!(pm.evict_next(), None);
-    assert_eq!(
-        pm.dialed(&addr(3), ConnectionId(3), now),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.dialed(&addr(3), ConnectionId(3), now), Ok(Admission::Accepted));
     assert_eq!(
         pm.evict_next(),
         Some(Eviction {
@@ -367,26 +305,16 @@ fn upgrade_dial_evicts_lowest_peer() {
 
 #[test]
 fn inbound_upgrade_evicts_lowest_peer() {
-    let mut pm = manager(PeerManagerConfig {
-        max_connected: 2,
-        max_upgrade: 1,
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { max_connected: 2, max_upgrade: 1, ..config() });
     let now = t(0);
     connect_inbound(&mut pm, 1, 1, now);
     connect_inbound(&mut pm, 2, 2, now);
     // An unknown peer (score 0) is not better than the connected ones (1).
-    assert_eq!(
-        pm.accepted(id(3), ConnectionId(3), now),
-        Err(Rejection::Full)
-    );
+    assert_eq!(pm.accepted(id(3), ConnectionId(3), now), Err(Rejection::Full));
     pm.add_address(addr(3), now).unwrap();
     pm.report_good(id(3), now);
     pm.report_good(id(3), now);
-    assert_eq!(
-        pm.accepted(id(3), ConnectionId(3), now),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.accepted(id(3), ConnectionId(3), now), Ok(Admission::Accepted));
     assert_eq!(
         pm.evict_next(),
         Some(Eviction {
@@ -400,10 +328,7 @@ fn inbound_upgrade_evicts_lowest_peer() {
     for _ in 0..50 {
         pm.report_good(id(4), now);
     }
-    assert_eq!(
-        pm.accepted(id(4), ConnectionId(4), now),
-        Err(Rejection::Full)
-    );
+    assert_eq!(pm.accepted(id(4), ConnectionId(4), now), Err(Rejection::Full));
     assert!(pm.num_connected() <= 3);
 }
 
@@ -482,16 +407,8 @@ fn simultaneous_dials_keep_the_same_connection_on_both_nodes() {
             }
         }
         for (i, pm) in nodes.iter().enumerate() {
-            let expected = if i == 0 {
-                Direction::Outbound
-            } else {
-                Direction::Inbound
-            };
-            assert_eq!(
-                pm.connection(ids[1 - i]),
-                Some((ConnectionId(1), expected)),
-                "{order:?}"
-            );
+            let expected = if i == 0 { Direction::Outbound } else { Direction::Inbound };
+            assert_eq!(pm.connection(ids[1 - i]), Some((ConnectionId(1), expected)), "{order:?}");
             assert!(!pm.is_dialing(ids[1 - i]), "{order:?}");
         }
     }
@@ -503,83 +420,41 @@ fn duplicate_in_different_directions_keeps_the_lower_ids_dial() {
     // Peer 1 < self: its dial (our inbound) wins over ours.
     pm.add_address(addr(1), t(0)).unwrap();
     pm.dial_next(t(0));
-    assert_eq!(
-        pm.dialed(&addr(1), ConnectionId(1), t(0)),
-        Ok(Admission::Accepted)
-    );
-    assert_eq!(
-        pm.accepted(id(1), ConnectionId(2), t(0)),
-        Ok(Admission::Replaces(ConnectionId(1)))
-    );
-    assert_eq!(
-        pm.connection(id(1)),
-        Some((ConnectionId(2), Direction::Inbound))
-    );
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), t(0)), Ok(Admission::Accepted));
+    assert_eq!(pm.accepted(id(1), ConnectionId(2), t(0)), Ok(Admission::Replaces(ConnectionId(1))));
+    assert_eq!(pm.connection(id(1)), Some((ConnectionId(2), Direction::Inbound)));
     // Peer 0xf0 > self: our dial wins.
     pm.add_address(addr(0xf0), t(0)).unwrap();
     assert_eq!(pm.dial_next(t(0)), Some(addr(0xf0)));
-    assert_eq!(
-        pm.accepted(id(0xf0), ConnectionId(3), t(0)),
-        Err(Rejection::TieBreakLost)
-    );
+    assert_eq!(pm.accepted(id(0xf0), ConnectionId(3), t(0)), Err(Rejection::TieBreakLost));
     assert!(pm.is_dialing(id(0xf0)));
-    assert_eq!(
-        pm.dialed(&addr(0xf0), ConnectionId(4), t(0)),
-        Ok(Admission::Accepted)
-    );
-    assert_eq!(
-        pm.accepted(id(0xf0), ConnectionId(5), t(0)),
-        Err(Rejection::TieBreakLost)
-    );
-    assert_eq!(
-        pm.connection(id(0xf0)),
-        Some((ConnectionId(4), Direction::Outbound))
-    );
+    assert_eq!(pm.dialed(&addr(0xf0), ConnectionId(4), t(0)), Ok(Admission::Accepted));
+    assert_eq!(pm.accepted(id(0xf0), ConnectionId(5), t(0)), Err(Rejection::TieBreakLost));
+    assert_eq!(pm.connection(id(0xf0)), Some((ConnectionId(4), Direction::Outbound)));
 }
 
 #[test]
 fn same_direction_connection_replaces_the_old_one() {
     let mut pm = manager(config());
     connect_inbound(&mut pm, 1, 1, t(0));
-    assert_eq!(
-        pm.accepted(id(1), ConnectionId(1), t(0)),
-        Err(Rejection::AlreadyConnected)
-    );
-    assert_eq!(
-        pm.accepted(id(1), ConnectionId(2), t(1)),
-        Ok(Admission::Replaces(ConnectionId(1)))
-    );
-    assert_eq!(
-        updates(&mut pm),
-        vec![(id(1), PeerStatus::Up, 1), (id(1), PeerStatus::Down, 1)]
-    );
+    assert_eq!(pm.accepted(id(1), ConnectionId(1), t(0)), Err(Rejection::AlreadyConnected));
+    assert_eq!(pm.accepted(id(1), ConnectionId(2), t(1)), Ok(Admission::Replaces(ConnectionId(1))));
+    assert_eq!(updates(&mut pm), vec![(id(1), PeerStatus::Up, 1), (id(1), PeerStatus::Down, 1)]);
     // The old connection's close is ignored; the new one comes up.
     pm.disconnected(id(1), ConnectionId(1), t(2));
     pm.ready(id(1), ConnectionId(2), t(2));
     assert_eq!(updates(&mut pm), vec![(id(1), PeerStatus::Up, 2)]);
-    assert_eq!(
-        pm.connection(id(1)),
-        Some((ConnectionId(2), Direction::Inbound))
-    );
+    assert_eq!(pm.connection(id(1)), Some((ConnectionId(2), Direction::Inbound)));
     // Replacing a connection that never became ready emits nothing.
-    assert_eq!(
-        pm.accepted(id(1), ConnectionId(3), t(3)),
-        Ok(Admission::Replaces(ConnectionId(2)))
-    );
-    assert_eq!(
-        pm.accepted(id(1), ConnectionId(4), t(3)),
-        Ok(Admission::Replaces(ConnectionId(3)))
-    );
+    assert_eq!(pm.accepted(id(1), ConnectionId(3), t(3)), Ok(Admission::Replaces(ConnectionId(2))));
+    assert_eq!(pm.accepted(id(1), ConnectionId(4), t(3)), Ok(Admission::Replaces(ConnectionId(3))));
     assert_eq!(updates(&mut pm), vec![(id(1), PeerStatus::Down, 2)]);
 }
 
 #[test]
 fn ban_evicts_and_expires_in_virtual_time() {
     let ban = Duration::from_secs(60);
-    let mut pm = manager(PeerManagerConfig {
-        ban_duration: ban,
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { ban_duration: ban, ..config() });
     let start = t(1_000);
     pm.add_address(addr(1), start).unwrap();
     connect_inbound(&mut pm, 1, 1, start);
@@ -588,11 +463,7 @@ fn ban_evicts_and_expires_in_virtual_time() {
     let until = start + ban;
     assert_eq!(
         pm.evict_next(),
-        Some(Eviction {
-            node_id: id(1),
-            connection: ConnectionId(1),
-            reason: EvictReason::Banned
-        })
+        Some(Eviction { node_id: id(1), connection: ConnectionId(1), reason: EvictReason::Banned })
     );
     pm.report(id(1), Severity::Ban, start);
     pm.report(id(1), Severity::Disconnect, start);
@@ -600,14 +471,8 @@ fn ban_evicts_and_expires_in_virtual_time() {
     pm.disconnected(id(1), ConnectionId(1), start);
 
     let later = t(2_000);
-    assert_eq!(
-        pm.accepted(id(1), ConnectionId(2), later),
-        Err(Rejection::Banned { until })
-    );
-    assert_eq!(
-        pm.add_address(addr_port(1, 1), later),
-        Err(AddAddressError::Banned { until })
-    );
+    assert_eq!(pm.accepted(id(1), ConnectionId(2), later), Err(Rejection::Banned { until }));
+    assert_eq!(pm.add_address(addr_port(1, 1), later), Err(AddAddressError::Banned { until }));
     assert_eq!(pm.dial_next(later), None);
     assert_eq!(pm.next_dial_at(), Some(until));
     assert!(pm.is_banned(id(1), t(until.as_millis() - 1)));
@@ -622,30 +487,18 @@ fn banned_inbound_peer_is_remembered_and_not_readdable() {
     pm.report(id(1), Severity::Ban, t(0));
     pm.disconnected(id(1), ConnectionId(1), t(0));
     assert!(pm.is_banned(id(1), t(0)));
-    assert_eq!(
-        pm.add_address(addr(1), t(1)),
-        Err(AddAddressError::Banned { until: t(0) + HOUR })
-    );
+    assert_eq!(pm.add_address(addr(1), t(1)), Err(AddAddressError::Banned { until: t(0) + HOUR }));
     assert_eq!(pm.add_address(addr(1), t(0) + HOUR), Ok(true));
 }
 
 #[test]
 fn persistent_peers_are_evicted_but_not_banned() {
-    let mut pm = manager(PeerManagerConfig {
-        persistent_peers: vec![addr(1)],
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { persistent_peers: vec![addr(1)], ..config() });
     assert_eq!(pm.dial_next(t(0)), Some(addr(1)));
-    assert_eq!(
-        pm.dialed(&addr(1), ConnectionId(1), t(0)),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), t(0)), Ok(Admission::Accepted));
     pm.report(id(1), Severity::Ban, t(0));
     assert!(!pm.is_banned(id(1), t(0)));
-    assert_eq!(
-        pm.evict_next().map(|e| e.reason),
-        Some(EvictReason::Misbehaved)
-    );
+    assert_eq!(pm.evict_next().map(|e| e.reason), Some(EvictReason::Misbehaved));
     pm.disconnected(id(1), ConnectionId(1), t(0));
     assert_eq!(pm.dial_next(t(0)), None);
     assert_eq!(pm.next_dial_at(), Some(t(250)));
@@ -655,14 +508,8 @@ fn persistent_peers_are_evicted_but_not_banned() {
 #[test]
 fn up_and_down_alternate_in_order() {
     let mut pm = manager(config());
-    assert_eq!(
-        pm.accepted(id(1), ConnectionId(1), t(0)),
-        Ok(Admission::Accepted)
-    );
-    assert_eq!(
-        pm.accepted(id(2), ConnectionId(2), t(0)),
-        Ok(Admission::Accepted)
-    );
+    assert_eq!(pm.accepted(id(1), ConnectionId(1), t(0)), Ok(Admission::Accepted));
+    assert_eq!(pm.accepted(id(2), ConnectionId(2), t(0)), Ok(Admission::Accepted));
     // Closing a connection that never became ready emits nothing.
     pm.disconnected(id(2), ConnectionId(2), t(0));
     pm.ready(id(1), ConnectionId(1), t(0));
@@ -690,27 +537,12 @@ fn up_and_down_alternate_in_order() {
 #[test]
 fn self_and_unsolicited_connections_are_rejected() {
     let mut pm = manager(config());
-    assert_eq!(
-        pm.add_address(addr(SELF), t(0)),
-        Err(AddAddressError::OwnAddress)
-    );
-    assert_eq!(
-        pm.accepted(id(SELF), ConnectionId(1), t(0)),
-        Err(Rejection::Self_)
-    );
-    assert_eq!(
-        pm.dialed(&addr(SELF), ConnectionId(1), t(0)),
-        Err(Rejection::Self_)
-    );
-    assert_eq!(
-        pm.dialed(&addr(1), ConnectionId(1), t(0)),
-        Err(Rejection::NotDialing)
-    );
+    assert_eq!(pm.add_address(addr(SELF), t(0)), Err(AddAddressError::OwnAddress));
+    assert_eq!(pm.accepted(id(SELF), ConnectionId(1), t(0)), Err(Rejection::Self_));
+    assert_eq!(pm.dialed(&addr(SELF), ConnectionId(1), t(0)), Err(Rejection::Self_));
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), t(0)), Err(Rejection::NotDialing));
     pm.add_address(addr(1), t(0)).unwrap();
-    assert_eq!(
-        pm.dialed(&addr(1), ConnectionId(1), t(0)),
-        Err(Rejection::NotDialing)
-    );
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), t(0)), Err(Rejection::NotDialing));
 }
 
 #[test]
@@ -757,17 +589,11 @@ fn store_round_trip_keeps_peers_scores_and_bans() {
     assert_eq!(pm.addresses(id(1)), vec![addr(1), addr_port(1, 26656)]);
     assert!(pm.is_banned(id(2), later - Duration::from_secs(1)));
     assert!(!pm.is_banned(id(2), later));
-    assert!(approx(
-        pm.score(id(2), later).unwrap(),
-        (1.0 - BAN_PENALTY) / 2.0
-    ));
+    assert!(approx(pm.score(id(2), later).unwrap(), (1.0 - BAN_PENALTY) / 2.0));
     assert!(approx(pm.score(id(3), later).unwrap(), -0.5));
     let record3 = records.iter().find(|r| r.node_id == id(3)).unwrap();
     assert_eq!(
-        record3
-            .addresses
-            .first()
-            .map(|a| (a.failures, a.last_failure)),
+        record3.addresses.first().map(|a| (a.failures, a.last_failure)),
         Some((1, Some(start)))
     );
     assert_eq!(pm.score(id(4), later), Some(PERSISTENT_SCORE));
@@ -791,17 +617,14 @@ fn store_applies_deletes_and_skips_bad_records() {
     pm.add_address(addr(1), t(0)).unwrap();
     pm.add_address(addr(2), t(0)).unwrap();
     store.apply(&pm.drain_dirty()).unwrap();
-    store
-        .apply(&[StoreOp::Delete(id(1)), StoreOp::Delete(id(9))])
-        .unwrap();
+    store.apply(&[StoreOp::Delete(id(1)), StoreOp::Delete(id(9))]).unwrap();
     drop(store);
     {
         let db = redb::Database::create(&path).unwrap();
         let tx = db.begin_write().unwrap();
         {
-            let mut table = tx
-                .open_table(redb::TableDefinition::<&str, &[u8]>::new("peers"))
-                .unwrap();
+            let mut table =
+                tx.open_table(redb::TableDefinition::<&str, &[u8]>::new("peers")).unwrap();
             table.insert("garbage", b"not json".as_slice()).unwrap();
         }
         tx.commit().unwrap();
@@ -816,20 +639,12 @@ fn store_applies_deletes_and_skips_bad_records() {
     assert_eq!(memory.load().unwrap(), records);
 
     let error = PeerStore::open(dir.path()).unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains(&dir.path().display().to_string()),
-        "{error}"
-    );
+    assert!(error.to_string().contains(&dir.path().display().to_string()), "{error}");
 }
 
 #[test]
 fn bounded_store_pruning_rule() {
-    let mut pm = manager(PeerManagerConfig {
-        max_peers: 5,
-        ..config()
-    });
+    let mut pm = manager(PeerManagerConfig { max_peers: 5, ..config() });
     let now = t(0);
     for n in 1..=5 {
         pm.add_address(addr(n), now).unwrap();
@@ -844,17 +659,11 @@ fn bounded_store_pruning_rule() {
     pm.drain_dirty();
 
     assert_eq!(pm.add_address(addr(6), now), Ok(true));
-    assert_eq!(
-        pm.drain_dirty(),
-        vec![StoreOp::Delete(id(3)), StoreOp::Put(pm_record(&pm, 6))]
-    );
+    assert_eq!(pm.drain_dirty(), vec![StoreOp::Delete(id(3)), StoreOp::Put(pm_record(&pm, 6))]);
     assert_eq!(pm.add_address(addr(7), now), Ok(true));
     assert_eq!(pm.score(id(4), now), None);
     // Left: 1 (connected), 2 (banned), 5 (dialing), 6 and 7 (score 0, not below a new peer).
-    assert_eq!(
-        pm.add_address(addr(8), now),
-        Err(AddAddressError::StoreFull { max_peers: 5 })
-    );
+    assert_eq!(pm.add_address(addr(8), now), Err(AddAddressError::StoreFull { max_peers: 5 }));
     assert_eq!(pm.num_known(), 5);
 }
 
@@ -864,11 +673,7 @@ fn pm_record(pm: &PeerManager, n: u8) -> PeerRecord {
         addresses: pm
             .addresses(id(n))
             .iter()
-            .map(|a| AddressRecord {
-                address: a.to_string(),
-                failures: 0,
-                last_failure: None,
-            })
+            .map(|a| AddressRecord { address: a.to_string(), failures: 0, last_failure: None })
             .collect(),
         persistent: false,
         score: 0.0,
@@ -966,17 +771,15 @@ fn random_operations_keep_invariants() {
                 }
             }
             55..=69 => {
-                if let Some((&conn, &node)) = open
-                    .iter()
-                    .min_by_key(|(c, _)| **c ^ rng.random_range(0..64))
+                if let Some((&conn, &node)) =
+                    open.iter().min_by_key(|(c, _)| **c ^ rng.random_range(0..64))
                 {
                     pm.ready(node, ConnectionId(conn), now);
                 }
             }
             70..=74 => {
-                if let Some((&conn, &node)) = open
-                    .iter()
-                    .min_by_key(|(c, _)| **c ^ rng.random_range(0..64))
+                if let Some((&conn, &node)) =
+                    open.iter().min_by_key(|(c, _)| **c ^ rng.random_range(0..64))
                 {
                     open.remove(&conn);
                     pm.disconnected(node, ConnectionId(conn), now);
@@ -1011,10 +814,7 @@ fn random_operations_keep_invariants() {
         // Invariants.
         let (max_connected, max_outgoing, max_upgrade) = limits;
         let connected: Vec<(NodeId, Direction)> = pm.connected_peers().collect();
-        assert!(
-            connected.len() <= max_connected + max_upgrade,
-            "step {step}"
-        );
+        assert!(connected.len() <= max_connected + max_upgrade, "step {step}");
         assert_eq!(pm.num_connected(), connected.len());
         let outbound = (connected.iter())
             .filter(|(n, d)| *d == Direction::Outbound && !pm.is_persistent(*n))
@@ -1043,10 +843,7 @@ fn random_operations_keep_invariants() {
                         None,
                         "step {step}: Up twice"
                     );
-                    assert_eq!(
-                        pm.connection(update.node_id).map(|c| c.0),
-                        Some(update.connection)
-                    );
+                    assert_eq!(pm.connection(update.node_id).map(|c| c.0), Some(update.connection));
                 }
                 PeerStatus::Down => {
                     assert_eq!(
@@ -1059,8 +856,5 @@ fn random_operations_keep_invariants() {
         }
     }
     let [accepted, replaced, rejected, evicted] = stats;
-    assert!(
-        accepted > 100 && replaced > 10 && rejected > 100 && evicted > 10,
-        "{stats:?}"
-    );
+    assert!(accepted > 100 && replaced > 10 && rejected > 100 && evicted > 10, "{stats:?}");
 }

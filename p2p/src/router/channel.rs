@@ -365,24 +365,25 @@ impl<M: Wrapper> ChannelSender<M> {
         let drop_oldest = self.descriptor.overflow == OverflowPolicy::DropOldest;
         let mut outcome = SendOutcome::default();
         let mut waiting = Vec::new();
-        let mut push = |peer: &Arc<super::PeerHandle>, outcome: &mut SendOutcome| {
-            match peer.queue.push(self.slot, bytes.clone(), drop_oldest) {
-                Pushed::Queued => outcome.queued += 1,
-                Pushed::QueuedDroppedOldest => {
-                    outcome.queued += 1;
-                    self.stats.dropped_oldest.fetch_add(1, Ordering::Relaxed);
-                }
-                Pushed::Full => match self.descriptor.overflow {
-                    OverflowPolicy::Wait(_) => waiting.push(peer.clone()),
-                    _ => {
-                        outcome.dropped += 1;
-                        self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
-                Pushed::Closed => {
+        let mut push = |peer: &Arc<super::PeerHandle>, outcome: &mut SendOutcome| match peer
+            .queue
+            .push(self.slot, bytes.clone(), drop_oldest)
+        {
+            Pushed::Queued => outcome.queued += 1,
+            Pushed::QueuedDroppedOldest => {
+                outcome.queued += 1;
+                self.stats.dropped_oldest.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Full => match self.descriptor.overflow {
+                OverflowPolicy::Wait(_) => waiting.push(peer.clone()),
+                _ => {
                     outcome.dropped += 1;
-                    self.stats.dropped_peer_gone.fetch_add(1, Ordering::Relaxed);
+                    self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
                 }
+            },
+            Pushed::Closed => {
+                outcome.dropped += 1;
+                self.stats.dropped_peer_gone.fetch_add(1, Ordering::Relaxed);
             }
         };
         match to {

@@ -33,19 +33,19 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use channel::ChannelStats;
 pub use channel::{
     Channel, ChannelDescriptor, ChannelReceiver, ChannelSender, ChannelStatsSnapshot, Envelope,
     Outbound, OverflowPolicy, PeerError, Recipient, SendError, SendOutcome, UnwrapError, Wrapper,
 };
-use channel::ChannelStats;
 use queue::{PeerQueue, Scheduler};
 
 use crate::address::{Endpoint, NodeAddress, Protocol};
 use crate::key::NodeKey;
 use crate::node_info::NodeInfo;
 use crate::peer_manager::{
-    AddAddressError, Admission, ConnectionId, Direction, PeerManager, PeerManagerConfig,
-    PeerStore, PeerUpdate, Severity, Timestamp,
+    AddAddressError, Admission, ConnectionId, Direction, PeerManager, PeerManagerConfig, PeerStore,
+    PeerUpdate, Severity, Timestamp,
 };
 use crate::transport::{Connection, ConnectionError, HandshakeError, Transport, TransportError};
 use crate::types::{ChannelId, NodeId};
@@ -327,7 +327,8 @@ pub(crate) struct Shared {
     peers_write: Mutex<()>,
     peer_gone: Notify,
     pm: Mutex<PeerManager>,
-    store: Option<Arc<PeerStore>>,
+    /// Taken (and so closed) by [`Router::stop`] after the final write.
+    store: Mutex<Option<Arc<PeerStore>>>,
     dial_wake: Notify,
     evict_wake: Notify,
     store_wake: Notify,
@@ -390,9 +391,15 @@ impl Shared {
             Severity::Minor => {
                 debug!(peer = %error.node_id, reason = %error.reason, "peer penalised")
             }
-            _ => info!(peer = %error.node_id, severity = ?error.severity, reason = %error.reason, "peer misbehaved"),
+            _ => {
+                info!(peer = %error.node_id, severity = ?error.severity, reason = %error.reason, "peer misbehaved")
+            }
         }
         self.with_pm(|pm, now| pm.report(error.node_id, error.severity, now));
+    }
+
+    fn store_handle(&self) -> Option<Arc<PeerStore>> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn table(&self) -> &ChannelTable {
@@ -460,7 +467,7 @@ impl Router {
             peers_write: Mutex::new(()),
             peer_gone: Notify::new(),
             pm: Mutex::new(pm),
-            store: store.map(Arc::new),
+            store: Mutex::new(store.map(Arc::new)),
             dial_wake: Notify::new(),
             evict_wake: Notify::new(),
             store_wake: Notify::new(),
@@ -471,11 +478,7 @@ impl Router {
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
         });
-        Ok(Self {
-            shared,
-            setup: Mutex::new(Some(Setup::default())),
-            supervisor: Mutex::new(None),
-        })
+        Ok(Self { shared, setup: Mutex::new(Some(Setup::default())), supervisor: Mutex::new(None) })
     }
 
     /// This node's ID.
@@ -682,6 +685,8 @@ impl Router {
             let _ = sup.await;
         }
         flush_store(shared).await;
+        // Release the database so the same file can be opened again (e.g. by a restarted node).
+        shared.store.lock().unwrap_or_else(PoisonError::into_inner).take();
         info!(node = %shared.node_id, "router stopped");
     }
 }
@@ -704,7 +709,7 @@ async fn supervise_all(shared: Arc<Shared>, transports: Vec<Arc<dyn Transport>>)
         let s = shared.clone();
         set.spawn(supervise(s.clone(), "evict", move || Box::pin(evict_loop(s.clone()))));
     }
-    if shared.store.is_some() {
+    if shared.store_handle().is_some() {
         let s = shared.clone();
         set.spawn(supervise(s.clone(), "store", move || Box::pin(store_loop(s.clone()))));
     }
@@ -756,7 +761,8 @@ async fn dial_loop(shared: Arc<Shared>) -> LoopEnd {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return LoopEnd::Done },
             _ = shutdown.wait_for(|s| *s) => return LoopEnd::Done,
         };
-        let (next, wake_at) = shared.with_pm_quiet(|pm, now| (pm.dial_next(now), pm.next_dial_at()));
+        let (next, wake_at) =
+            shared.with_pm_quiet(|pm, now| (pm.dial_next(now), pm.next_dial_at()));
         if let Some(address) = next {
             let s = shared.clone();
             let span = info_span!("dial", peer = %address.node_id(), %address);
@@ -858,11 +864,9 @@ async fn handshake(
 ) -> Result<(Box<dyn Connection>, NodeInfo), HandshakeError> {
     let limit = shared.config.handshake_timeout;
     let descriptors = shared.table().descriptors();
-    let result = tokio::time::timeout(
-        limit,
-        conn.handshake(shared.local_info(), &shared.key, &descriptors),
-    )
-    .await;
+    let result =
+        tokio::time::timeout(limit, conn.handshake(shared.local_info(), &shared.key, &descriptors))
+            .await;
     let checked = match result {
         Err(_) => Err(HandshakeError::Timeout(limit)),
         Ok(Err(e)) => Err(e),
@@ -1160,7 +1164,7 @@ async fn store_loop(shared: Arc<Shared>) -> LoopEnd {
 }
 
 async fn flush_store(shared: &Arc<Shared>) {
-    let Some(store) = shared.store.clone() else { return };
+    let Some(store) = shared.store_handle() else { return };
     let ops = shared.lock_pm().drain_dirty();
     if ops.is_empty() {
         return;

@@ -65,9 +65,7 @@ impl From<protox::Error> for Error {
 pub fn proto_crate_dir() -> PathBuf {
     // This crate lives at `proto/gen`, so its parent is `proto/`.
     let gen_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    gen_dir
-        .parent()
-        .map_or_else(|| gen_dir.join(".."), Path::to_path_buf)
+    gen_dir.parent().map_or_else(|| gen_dir.join(".."), Path::to_path_buf)
 }
 
 /// The directory holding the hand-written `.proto` files.
@@ -95,11 +93,7 @@ fn collect_protos(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(),
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
         let kind = entry.file_type()?;
         if kind.is_dir() {
             collect_protos(&entry.path(), &rel, out)?;
@@ -116,10 +110,7 @@ fn collect_protos(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(),
 pub fn generate_from(protos: &Path, out_dir: &Path) -> Result<(), Error> {
     let files = list_protos(protos)?;
     let fds = protox::compile(&files, [protos])?;
-    prost_build::Config::new()
-        .out_dir(out_dir)
-        .bytes(BYTES_FIELDS)
-        .compile_fds(fds)?;
+    prost_build::Config::new().out_dir(out_dir).bytes(BYTES_FIELDS).compile_fds(fds)?;
     Ok(())
 }
 

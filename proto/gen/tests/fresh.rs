@@ -29,10 +29,7 @@ fn generated_code_is_fresh() {
 
     let committed_dir = generated_dir();
     let committed = read_dir_files(&committed_dir).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}\n{REGENERATE_HINT}",
-            committed_dir.display()
-        )
+        panic!("cannot read {}: {e}\n{REGENERATE_HINT}", committed_dir.display())
     });
 
     let mut problems = Vec::new();
