@@ -24,9 +24,11 @@ impl NodeId {
 
     /// Derives the node ID of an ed25519 public key.
     pub fn from_public_key(key: &VerifyingKey) -> Self {
-        let digest = Sha256::digest(key.as_bytes());
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut id = [0u8; NODE_ID_LEN];
-        id.copy_from_slice(&digest[..NODE_ID_LEN]);
+        for (dst, src) in id.iter_mut().zip(digest) {
+            *dst = src;
+        }
         Self(id)
     }
 

@@ -7,7 +7,7 @@
 //! broadcast to eight peers; and the same message count through one `tokio::sync::mpsc`
 //! channel (producer → consumer task) as the ceiling. "cost/msg" is the extra time per message
 //! over the raw channel: 1e9/router_rate − 1e9/mpsc_rate.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
 
 use std::time::{Duration, Instant};
 

@@ -88,7 +88,7 @@ impl TestNode {
     }
 
     /// Tells this node to dial `other`.
-    pub fn dial(&self, other: &TestNode) {
+    pub fn dial(&self, other: &Self) {
         self.router.add_address(other.address()).unwrap_or_else(|e| panic!("add address: {e}"));
     }
 

@@ -2,6 +2,8 @@
 //! (prior-art.md §2) must not happen. Every wait is on an event (peer update, message, counter
 //! reached) with a generous timeout that only fires on failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::Duration;
 
 use p2p::echo::{Echo, EchoEvent, echo_channel_descriptor, handle_echo};
@@ -135,7 +137,7 @@ async fn fifo_within_a_channel_under_backlog() {
         .with_queue_capacity(64, 64)
         .with_overflow(OverflowPolicy::Wait(T));
     let mut a = TestNode::new(&net, "a", opts());
-    let mut b = TestNode::new(&net, "b", opts());
+    let b = TestNode::new(&net, "b", opts());
     let ca = a.channel::<Seq>(desc.clone());
     let mut cb = b.channel::<Seq>(desc);
     a.start();
@@ -231,7 +233,7 @@ async fn wait_policy_evicts_a_stuck_peer_and_keeps_serving_others() {
         .with_overflow(OverflowPolicy::Wait(Duration::from_millis(200)));
     let mut hub = TestNode::new(&net, "hub", opts());
     let mut healthy = TestNode::new(&net, "healthy", opts());
-    let mut stuck = TestNode::new(&net, "stuck", opts());
+    let stuck = TestNode::new(&net, "stuck", opts());
     let ch = hub.channel::<Seq>(desc.clone());
     let mut healthy_ch = healthy.channel::<Seq>(desc.clone());
     let _stuck_ch = stuck.channel::<Seq>(desc);

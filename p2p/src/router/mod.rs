@@ -1067,14 +1067,12 @@ async fn write_loop(
         (shared.config.writer_batch_messages.max(1), shared.config.writer_batch_bytes.max(1));
     let mut batch = Vec::with_capacity(max_msgs);
     while handle.queue.pop_batch(&mut batch, max_msgs, max_bytes).await.is_some() {
-        let mut sent = 0;
-        for (ch, msg) in batch.iter() {
+        for (sent, (ch, msg)) in batch.iter().enumerate() {
             if let Err(e) = conn.send(*ch, msg.clone()).await {
                 let lost = (batch.len() - sent) as u64;
                 shared.counters.dropped_on_disconnect.fetch_add(lost, Ordering::Relaxed);
                 return Err(e);
             }
-            sent += 1;
         }
         batch.clear();
     }
