@@ -3,7 +3,7 @@
 //!
 //! # Concurrency
 //!
-//! * One task pair per peer: a writer that drains the peer's [`queue`] into the connection, and
+//! * One task pair per peer: a writer that drains the peer's outbound queue into the connection, and
 //!   a reader that pushes received messages into the channels' bounded inbound queues.
 //! * Reactors enqueue directly into per-peer queues. The map of connected peers is a
 //!   copy-on-write snapshot ([`arc_swap`]), so the send path takes no router-wide lock; the only
@@ -248,7 +248,6 @@ const MAX_CHANNELS: usize = 16;
 
 #[derive(Debug)]
 struct Route {
-    slot: usize,
     descriptor: ChannelDescriptor,
     tx: mpsc::Sender<(NodeId, Bytes)>,
     stats: Arc<ChannelStats>,
@@ -521,7 +520,6 @@ impl Router {
             let slot = s.table.routes.len();
             s.table.by_id.insert(descriptor.id.0, slot);
             s.table.routes.push(Route {
-                slot,
                 descriptor: descriptor.clone(),
                 tx,
                 stats: stats.clone(),
@@ -1120,7 +1118,6 @@ async fn read_loop(shared: Arc<Shared>, conn: Arc<dyn Connection>, peer: NodeId)
         }
         route.stats.received.fetch_add(1, Ordering::Relaxed);
         route.stats.received_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let _ = route.slot;
         // Backpressure: a full inbound queue makes this peer's reader wait. If the reactor
         // dropped its channel the message is discarded.
         let _ = route.tx.send((peer, bytes)).await;
