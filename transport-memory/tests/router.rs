@@ -392,3 +392,54 @@ async fn eventually(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A transport whose first `accept` panics: the router's supervisor must restart the loop.
+#[derive(Debug)]
+struct PanicOnce {
+    inner: p2p_transport_memory::MemoryTransport,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl p2p::Transport for PanicOnce {
+    fn protocols(&self) -> Vec<p2p::Protocol> {
+        self.inner.protocols()
+    }
+    fn endpoints(&self) -> Vec<p2p::Endpoint> {
+        self.inner.endpoints()
+    }
+    async fn accept(&self) -> Result<Box<dyn p2p::Connection>, p2p::TransportError> {
+        if !self.panicked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected panic in accept");
+        }
+        self.inner.accept().await
+    }
+    async fn dial(
+        &self,
+        endpoint: &p2p::Endpoint,
+    ) -> Result<Box<dyn p2p::Connection>, p2p::TransportError> {
+        self.inner.dial(endpoint).await
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_restarts_a_panicked_accept_loop() {
+    let net = MemoryNetwork::default();
+    let key = NodeKey::generate();
+    let info = p2p::NodeInfo::new(key.node_id(), "memnet", "b", Vec::new());
+    let b = p2p::Router::new(key, info, RouterConfig::default(), Default::default(), None).unwrap();
+    let inner = net.transport(b.node_id()).unwrap();
+    let transport = PanicOnce { inner, panicked: Default::default() };
+    b.add_transport(std::sync::Arc::new(transport)).unwrap();
+    let mut b_updates = b.subscribe();
+    b.start().unwrap();
+    let mut a = TestNode::new(&net, "a", opts());
+    a.start();
+    a.router.add_address(p2p::NodeAddress::new_opaque(p2p::Protocol::MEMORY, b.node_id())).unwrap();
+    a.wait_up(&[b.node_id()], T).await;
+    let up = tokio::time::timeout(T, b_updates.recv()).await.unwrap().unwrap();
+    assert_eq!((up.node_id, up.status), (a.id, PeerStatus::Up));
+}

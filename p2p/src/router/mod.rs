@@ -519,11 +519,7 @@ impl Router {
             let stats = Arc::new(ChannelStats::default());
             let slot = s.table.routes.len();
             s.table.by_id.insert(descriptor.id.0, slot);
-            s.table.routes.push(Route {
-                descriptor: descriptor.clone(),
-                tx,
-                stats: stats.clone(),
-            });
+            s.table.routes.push(Route { descriptor: descriptor.clone(), tx, stats: stats.clone() });
             Ok(Channel::new(shared, slot, descriptor, stats, rx))
         })?
     }
