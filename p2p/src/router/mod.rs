@@ -685,6 +685,21 @@ impl Router {
     }
 }
 
+impl Drop for Router {
+    /// A router dropped without [`Router::stop`] stops its loops and disconnects its peers
+    /// (without flushing) so no task outlives it.
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        if shared.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = shared.shutdown.send(true);
+        for peer in shared.peers.load().values() {
+            peer.disconnect();
+        }
+    }
+}
+
 type LoopFuture = Pin<Box<dyn Future<Output = LoopEnd> + Send>>;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -1008,6 +1023,10 @@ fn spawn_peer(
     shared.update_peers(|map| {
         replaced = map.insert(handle.node_id, handle.clone());
     });
+    if shared.is_stopped() {
+        // Admitted while the router was stopping: let the peer task flush nothing and exit.
+        handle.queue.close(true);
+    }
     if let Some(old) = replaced {
         debug!(peer = %old.node_id, old = %old.conn_id, new = %conn_id, ?admission, "connection replaced");
         old.disconnect();
