@@ -495,8 +495,7 @@ async fn dials_run_concurrently_within_the_limit() {
     let mut cfg = RouterConfig::default();
     cfg.dial_concurrency = LIMIT;
     cfg.dial_timeout = Duration::from_secs(60);
-    let mut pm = p2p::PeerManagerConfig::default();
-    pm.max_outgoing = PEERS;
+    let pm = p2p::PeerManagerConfig { max_outgoing: PEERS, ..Default::default() };
     let hub = p2p::Router::new(key, info, cfg, pm, None).unwrap();
     let transport = std::sync::Arc::new(GatedDials {
         inner: net.transport(hub.node_id()).unwrap(),
