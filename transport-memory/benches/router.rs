@@ -107,6 +107,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only 200B-1` etc. runs one case (for profiling).
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
     let reps = if quick { 1 } else { 3 };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     println!(
@@ -119,6 +121,10 @@ fn main() {
         (64 * 1024, 1, 20_000),
         (64 * 1024, 8, 5_000),
     ] {
+        let name = format!("{}B-{}", size, peers);
+        if only.as_ref().is_some_and(|o| *o != name) {
+            continue;
+        }
         let count = if quick { count / 4 } else { count };
         let mut r = Vec::new();
         let mut m = Vec::new();

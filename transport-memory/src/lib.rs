@@ -315,10 +315,11 @@ pub struct MemoryConnection {
     local: NodeId,
     remote: NodeId,
     tx: mpsc::Sender<Frame>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<Frame>>,
+    rx: Mutex<mpsc::Receiver<Frame>>,
     link: watch::Receiver<LinkConfig>,
     severed: Arc<Severed>,
-    limits: Mutex<HashMap<ChannelId, usize>>,
+    /// Maximum message size per channel byte (`None`: we do not have the channel).
+    limits: Vec<Option<usize>>,
     closed: AtomicBool,
 }
 
@@ -344,10 +345,10 @@ impl MemoryConnection {
             local,
             remote,
             tx,
-            rx: tokio::sync::Mutex::new(rx),
+            rx: Mutex::new(rx),
             link,
             severed,
-            limits: Mutex::new(HashMap::new()),
+            limits: Vec::new(),
             closed: AtomicBool::new(false),
         }
     }
@@ -356,6 +357,12 @@ impl MemoryConnection {
         if self.severed.is_severed() || self.closed.load(Ordering::Acquire) {
             return Err(ConnectionError::Closed);
         }
+        // Fast path: room in the buffer, no need to watch for a cut link.
+        let frame = match self.tx.try_send(frame) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ConnectionError::Closed),
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
         let severed = self.severed.notify.notified();
         tokio::pin!(severed);
         severed.as_mut().enable();
@@ -368,16 +375,30 @@ impl MemoryConnection {
         }
     }
 
+    fn lock_rx(&self) -> std::sync::MutexGuard<'_, mpsc::Receiver<Frame>> {
+        self.rx.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn recv_frame(&self) -> Result<Frame, ConnectionError> {
+        if self.severed.is_severed() {
+            return Err(ConnectionError::Closed);
+        }
+        // Fast path: a frame is already buffered.
+        match self.lock_rx().try_recv() {
+            Ok(frame) => return Ok(frame),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Err(ConnectionError::Closed),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
         let severed = self.severed.notify.notified();
         tokio::pin!(severed);
         severed.as_mut().enable();
         if self.severed.is_severed() {
             return Err(ConnectionError::Closed);
         }
-        let mut rx = self.rx.lock().await;
+        // The receiver's lock is held only inside `poll_recv`, never across an await.
+        let recv = std::future::poll_fn(|cx| self.lock_rx().poll_recv(cx));
         tokio::select! {
-            f = rx.recv() => f.ok_or(ConnectionError::Closed),
+            f = recv => f.ok_or(ConnectionError::Closed),
             _ = severed => Err(ConnectionError::Closed),
         }
     }
@@ -395,8 +416,12 @@ impl Connection for MemoryConnection {
         key: &NodeKey,
         channels: &[ChannelDescriptor],
     ) -> Result<(NodeInfo, VerifyingKey), HandshakeError> {
-        *self.limits.lock().unwrap_or_else(PoisonError::into_inner) =
-            channels.iter().map(|c| (c.id, c.max_message_size)).collect();
+        self.limits = vec![None; 256];
+        for c in channels {
+            if let Some(slot) = self.limits.get_mut(usize::from(c.id.0)) {
+                *slot = Some(c.max_message_size);
+            }
+        }
         // Send first, then receive: both sides do the same, in parallel.
         let our_nonce: [u8; 32] = rand::random();
         self.send_frame(Frame::Hello(our_nonce)).await?;
@@ -431,10 +456,14 @@ impl Connection for MemoryConnection {
     }
 
     async fn send(&self, channel: ChannelId, message: Bytes) -> Result<(), ConnectionError> {
-        let mut link = self.link.clone();
-        let config = match link.wait_for(|c| !c.paused).await {
-            Ok(c) => c.clone(),
-            Err(_) => LinkConfig::default(),
+        let config = if self.link.borrow().paused {
+            let mut link = self.link.clone();
+            match link.wait_for(|c| !c.paused).await {
+                Ok(c) => c.clone(),
+                Err(_) => LinkConfig::default(),
+            }
+        } else {
+            self.link.borrow().clone()
         };
         if config.drop_messages {
             return Ok(());
@@ -449,12 +478,7 @@ impl Connection for MemoryConnection {
                 if let Some(at) = deliver_at {
                     tokio::time::sleep_until(at).await;
                 }
-                let limit = self
-                    .limits
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(&channel)
-                    .copied();
+                let limit = self.limits.get(usize::from(channel.0)).copied().flatten();
                 match limit {
                     None => Err(ConnectionError::UnknownChannel(channel)),
                     Some(max) if payload.len() > max => {

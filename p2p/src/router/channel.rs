@@ -463,10 +463,14 @@ impl<M: Wrapper> ChannelReceiver<M> {
     /// after the router stopped.
     pub async fn recv(&mut self) -> Option<Envelope<M>> {
         loop {
-            let (from, bytes) = tokio::select! {
-                biased;
-                m = self.inbound.recv() => m?,
-                _ = self.shutdown.wait_for(|s| *s) => return None,
+            let (from, bytes) = match self.inbound.try_recv() {
+                Ok(m) => m,
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    biased;
+                    m = self.inbound.recv() => m?,
+                    _ = self.shutdown.wait_for(|s| *s) => return None,
+                },
             };
             let decoded = M::Proto::decode(bytes)
                 .map_err(|e| e.to_string())

@@ -253,16 +253,27 @@ struct Route {
     stats: Arc<ChannelStats>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ChannelTable {
     routes: Vec<Route>,
-    /// Channel byte → index into `routes`.
-    by_id: HashMap<u8, usize>,
+    /// Channel byte → index into `routes` (a direct table: one lookup per received message).
+    by_id: [Option<u8>; 256],
+}
+
+impl Default for ChannelTable {
+    fn default() -> Self {
+        Self { routes: Vec::new(), by_id: [None; 256] }
+    }
 }
 
 impl ChannelTable {
     fn route(&self, id: ChannelId) -> Option<&Route> {
-        self.by_id.get(&id.0).and_then(|&i| self.routes.get(i))
+        let index = self.by_id.get(usize::from(id.0)).copied().flatten()?;
+        self.routes.get(usize::from(index))
+    }
+
+    fn contains(&self, id: ChannelId) -> bool {
+        self.route(id).is_some()
     }
 
     fn descriptors(&self) -> Vec<ChannelDescriptor> {
@@ -509,7 +520,7 @@ impl Router {
     ) -> Result<Channel<M>, RouterError> {
         let shared = self.shared.clone();
         self.with_setup(|s| {
-            if s.table.by_id.contains_key(&descriptor.id.0) {
+            if s.table.contains(descriptor.id) {
                 return Err(RouterError::DuplicateChannel(descriptor.id));
             }
             if s.table.routes.len() >= MAX_CHANNELS {
@@ -518,7 +529,10 @@ impl Router {
             let (tx, rx) = mpsc::channel(descriptor.recv_queue_capacity.max(1));
             let stats = Arc::new(ChannelStats::default());
             let slot = s.table.routes.len();
-            s.table.by_id.insert(descriptor.id.0, slot);
+            if let Some(entry) = s.table.by_id.get_mut(usize::from(descriptor.id.0)) {
+                // `slot` < MAX_CHANNELS (16), so it fits in a byte.
+                *entry = u8::try_from(slot).ok();
+            }
             s.table.routes.push(Route { descriptor: descriptor.clone(), tx, stats: stats.clone() });
             Ok(Channel::new(shared, slot, descriptor, stats, rx))
         })?
