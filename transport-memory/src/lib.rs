@@ -13,6 +13,44 @@
 //! silently dropped messages, a paused link (sends stall, as with a peer that stopped reading),
 //! plus [`MemoryNetwork::disconnect`] to cut every connection between two nodes and
 //! [`MemoryNetwork::inject_accept_errors`] to make a listener's accept fail.
+//!
+//! # Example: two nodes and the echo channel
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use p2p::echo::{Echo, echo_channel_descriptor};
+//! use p2p::{NodeInfo, NodeKey, Outbound, PeerManagerConfig, PeerStatus, Router, RouterConfig};
+//! use p2p_transport_memory::MemoryNetwork;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let net = MemoryNetwork::default();
+//! let mut nodes = Vec::new();
+//! for moniker in ["alice", "bob"] {
+//!     let key = NodeKey::generate();
+//!     let info = NodeInfo::new(key.node_id(), "doc-chain", moniker, []);
+//!     let router =
+//!         Router::new(key, info, RouterConfig::default(), PeerManagerConfig::default(), None)?;
+//!     router.add_transport(Arc::new(net.transport(router.node_id())?))?;
+//!     let channel = router.open_channel::<Echo>(echo_channel_descriptor())?;
+//!     let updates = router.subscribe();
+//!     router.start()?;
+//!     nodes.push((router, channel, updates));
+//! }
+//! let bob = nodes[1].0.node_id();
+//! nodes[0].0.add_address(format!("memory:{bob}").parse()?)?; // alice's PeerManager dials bob
+//! let update = nodes[0].2.recv().await?;
+//! assert_eq!((update.node_id, update.status), (bob, PeerStatus::Up));
+//! nodes[0].1.send(Outbound::to(bob, Echo::Ping("hi".into()))).await?;
+//! let envelope = nodes[1].1.recv().await.expect("bob's channel is open");
+//! assert_eq!(envelope.message, Echo::Ping("hi".into()));
+//! for (router, _, _) in &nodes {
+//!     router.stop().await;
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod testkit;
 
