@@ -14,11 +14,7 @@ const PINGS: usize = 3;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    p2p_transport_memory::testkit::init_tracing();
 
     let net = MemoryNetwork::default();
     let mut alice = TestNode::new(&net, "alice", TestNodeOptions::default());

@@ -97,11 +97,7 @@ fn percentile(sorted: &[u64], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    p2p_transport_memory::testkit::init_tracing();
     let args = parse_args()?;
     let n = args.nodes;
     let net = MemoryNetwork::new(MemoryNetworkConfig::default());

@@ -13,6 +13,13 @@ use p2p::{
 
 use crate::{MemoryNetwork, MemoryTransport};
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`). For examples and tests.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
 /// A node under test: its router, its transport's address and a peer-update subscription.
 #[derive(Debug)]
 pub struct TestNode {
