@@ -15,6 +15,7 @@
 pub mod address;
 pub mod echo;
 pub mod key;
+pub mod mempool;
 pub mod node_info;
 pub mod peer_manager;
 pub mod router;
