@@ -1,4 +1,54 @@
-//! MConnection transport for the `mconn://` scheme.
+//! MConnection transport for `mconn://` (and legacy `id@host:port`) addresses, wire-compatible
+//! with CometBFT v0.38 and Tendermint v0.34.
 //!
-//! Not implemented yet: this crate is a placeholder so the workspace layout is in place.
-//! Issue 3 builds SecretConnection, the NodeInfo handshake and the MConnection packetiser here.
+//! Layers, bottom up (see `shared/reference/wire-mconn.md` for the byte-level spec):
+//!
+//! * [`secret`]: the SecretConnection handshake (X25519, Merlin, HKDF-SHA256, ed25519
+//!   `AuthSigMessage`) and its 1044-byte ChaCha20-Poly1305 frames — sans-IO.
+//! * the NodeInfo exchange (uvarint-delimited `DefaultNodeInfo`), in [`MConnTransport`]'s
+//!   connections, each phase under its own deadline as in Go (3 s).
+//! * [`mconn`]: MConnection packets (ping, pong, message chunks with `eof`), message splitting
+//!   and reassembly with per-channel limits, priority scheduling and keepalive — sans-IO.
+//!
+//! One driver task per connection owns the socket and both state machines.
+
+use std::time::Duration;
+
+mod conn;
+pub mod mconn;
+pub mod secret;
+mod transport;
+
+pub use conn::MConnConnection;
+pub use transport::MConnTransport;
+
+/// Settings of the MConn transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MConnConfig {
+    /// Packet-level settings (payload size, ping interval, pong timeout).
+    pub mconn: mconn::MConnConfig,
+    /// Time allowed for each handshake phase (SecretConnection, then NodeInfo). Go allows 3 s
+    /// per phase; default 3 s.
+    pub handshake_phase_timeout: Duration,
+    /// Messages per channel waiting inside the connection to be packetised (the router's
+    /// per-peer queues hold the rest). Default 2.
+    pub channel_send_queue: usize,
+    /// Outbound messages handed to the connection's driver and not yet taken. Default 32.
+    pub command_queue: usize,
+    /// Received messages waiting for the router's reader; when full the driver stops reading the
+    /// socket (backpressure). Default 64.
+    pub receive_queue: usize,
+}
+
+impl Default for MConnConfig {
+    fn default() -> Self {
+        Self {
+            mconn: mconn::MConnConfig::default(),
+            handshake_phase_timeout: Duration::from_secs(3),
+            channel_send_queue: 2,
+            command_queue: 32,
+            receive_queue: 64,
+        }
+    }
+}

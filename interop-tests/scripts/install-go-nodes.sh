@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Installs the Go node binaries the interop tests run against:
+#   CometBFT   v0.38.25 -> <repo>/.cache/go-bin/cometbft-v0.38.25/cometbft
+#   Tendermint v0.34.24 -> <repo>/.cache/go-bin/tendermint-v0.34.24/tendermint
+#
+# Idempotent: a binary that is present and reports the expected version is kept.
+# Pure-Go builds (CGO_ENABLED=0) with the local Go toolchain (GOTOOLCHAIN=local); the
+# default GOMODCACHE / GOCACHE are used so repeated runs (and CI caches) stay warm.
+#
+# First tries `go install <module>/cmd/<name>@<version>`. Some module proxies refuse the
+# version-list request `go install` makes for its deprecation check (HTTP 403); then the
+# module is fetched with `go mod download` and built from a writable copy instead.
+#
+# Environment:
+#   REQUIRE_TENDERMINT_034=1  fail (exit 1) if Tendermint v0.34.24 cannot be built;
+#                             otherwise that failure is only a loud warning.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+bin_root="$repo/.cache/go-bin"
+
+die() {
+    echo "install-go-nodes: ERROR: $*" >&2
+    exit 1
+}
+log() { echo "install-go-nodes: $*" >&2; }
+
+command -v go >/dev/null 2>&1 || die "go not found: install Go >= 1.22 and put it on PATH"
+
+go_version="$(go env GOVERSION 2>/dev/null || true)" # e.g. go1.26.8
+if [[ "$go_version" =~ ^go([0-9]+)\.([0-9]+) ]]; then
+    major="${BASH_REMATCH[1]}"
+    minor="${BASH_REMATCH[2]}"
+    if ((major < 1 || (major == 1 && minor < 22))); then
+        die "found $go_version, but Go >= 1.22 is required (CometBFT v0.38.25 needs go 1.22.11)"
+    fi
+else
+    die "cannot determine the Go version (go env GOVERSION printed '$go_version'); install Go >= 1.22"
+fi
+
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+
+# install <name> <module> <version>: makes sure $bin_root/<name>-<version>/<name> exists
+# and prints that version. Returns non-zero on failure.
+install_one() {
+    local name="$1" module="$2" version="$3"
+    local dir="$bin_root/$name-$version"
+    local bin="$dir/$name"
+    local want="${version#v}"
+
+    if [[ -x "$bin" ]]; then
+        local have
+        have="$("$bin" version 2>/dev/null | head -n1 || true)"
+        if [[ "$have" == "$want" ]]; then
+            log "$name $version already installed at $bin"
+            return 0
+        fi
+        log "$bin reports version '$have', expected '$want': reinstalling"
+        rm -f "$bin"
+    fi
+
+    mkdir -p "$dir"
+    local start=$SECONDS
+    log "installing $name $version with $go_version (go install) ..."
+    if ! GOBIN="$dir" go install "$module/cmd/$name@$version"; then
+        log "go install failed; falling back to go mod download + go build from a copy"
+        local json src tmp
+        if ! json="$(go mod download -json "$module@$version")"; then
+            log "go mod download $module@$version failed"
+            return 1
+        fi
+        src="$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' | head -n1)"
+        if [[ -z "$src" || ! -d "$src" ]]; then
+            log "could not find the downloaded source directory of $module@$version"
+            return 1
+        fi
+        tmp="$(mktemp -d)"
+        cp -r "$src" "$tmp/src"
+        chmod -R u+w "$tmp/src"
+        if ! (cd "$tmp/src" && go build -buildvcs=false -o "$bin" "./cmd/$name"); then
+            rm -rf "$tmp"
+            log "go build of $module@$version failed"
+            return 1
+        fi
+        rm -rf "$tmp"
+    fi
+
+    local have
+    have="$("$bin" version 2>/dev/null | head -n1 || true)"
+    if [[ "$have" != "$want" ]]; then
+        log "$bin was built but reports version '$have', expected '$want'"
+        return 1
+    fi
+    log "$name $version installed at $bin in $((SECONDS - start)) s"
+}
+
+install_one cometbft github.com/cometbft/cometbft v0.38.25 ||
+    die "could not install CometBFT v0.38.25 (see the go output above)"
+
+tendermint_ok=1
+if ! install_one tendermint github.com/tendermint/tendermint v0.34.24; then
+    tendermint_ok=0
+    if [[ "${REQUIRE_TENDERMINT_034:-}" == "1" ]]; then
+        die "could not build Tendermint v0.34.24 with $go_version (REQUIRE_TENDERMINT_034=1)"
+    fi
+    {
+        echo
+        echo "######################################################################"
+        echo "# WARNING: Tendermint v0.34.24 could NOT be built with $go_version."
+        echo "# The Tendermint v0.34 interop tests will fail until it is installed."
+        echo "# Set REQUIRE_TENDERMINT_034=1 to make this an error."
+        echo "######################################################################"
+        echo
+    } >&2
+fi
+
+echo "$bin_root/cometbft-v0.38.25/cometbft"
+if ((tendermint_ok)); then
+    echo "$bin_root/tendermint-v0.34.24/tendermint"
+else
+    echo "$bin_root/tendermint-v0.34.24/tendermint (NOT INSTALLED)"
+fi

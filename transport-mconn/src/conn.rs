@@ -1,0 +1,492 @@
+//! The async side of an MConnection: the handshake over a TCP stream, then one driver task per
+//! connection that owns the socket, the SecretConnection ciphers and the [`MConnection`] state
+//! machine.
+//!
+//! The driver task serves, in one `select!` loop: outbound commands from [`Connection::send`],
+//! socket reads (decrypt frames → packets → messages), socket writes (packets → frames), the
+//! MConnection timers (our pings, the pong deadline) and delivery of received messages to a
+//! bounded queue read by [`Connection::receive`]. When that queue is full (a slow reactor), the
+//! driver stops reading the socket — TCP backpressure to the peer — and pauses the pong
+//! deadline, so a slow reactor never gets a healthy peer disconnected for a missing pong.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use p2p::router::ChannelDescriptor;
+use p2p::{
+    ChannelId, Connection, ConnectionError, Endpoint, HandshakeError, NodeInfo, NodeKey,
+    node_info::MAX_NODE_INFO_SIZE,
+};
+use p2p_proto::tendermint::p2p::DefaultNodeInfo;
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, trace};
+
+use crate::MConnConfig;
+use crate::mconn::{ChannelSpec, Event, MConnError, MConnection};
+use crate::secret::{
+    Handshake, RecvCipher, SEALED_FRAME_SIZE, SecretError, SendCipher, parse_ephemeral,
+};
+
+/// Bytes of plaintext packets the driver produces per write (about 63 frames).
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Bytes read from the socket at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+enum Command {
+    Send(ChannelId, Bytes),
+    Close(oneshot::Sender<()>),
+}
+
+struct Running {
+    commands: mpsc::Sender<Command>,
+    events: Mutex<mpsc::Receiver<(ChannelId, Bytes)>>,
+    /// Why the driver ended, handed to the first `receive` after the end.
+    failure: Arc<Mutex<Option<ConnectionError>>>,
+}
+
+enum State {
+    Raw(TcpStream),
+    Running(Running),
+    Failed,
+}
+
+/// An MConnection over TCP. Created by [`crate::MConnTransport`]; usable after
+/// [`Connection::handshake`].
+pub struct MConnConnection {
+    state: State,
+    local: Endpoint,
+    remote: Endpoint,
+    config: MConnConfig,
+}
+
+impl fmt::Debug for MConnConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MConnConnection")
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MConnConnection {
+    pub(crate) fn new(
+        stream: TcpStream,
+        local: Endpoint,
+        remote: Endpoint,
+        config: MConnConfig,
+    ) -> Self {
+        let _ = stream.set_nodelay(true);
+        Self { state: State::Raw(stream), local, remote, config }
+    }
+
+    fn running(&self) -> Result<&Running, ConnectionError> {
+        match &self.state {
+            State::Running(r) => Ok(r),
+            _ => Err(ConnectionError::Closed),
+        }
+    }
+}
+
+/// Reads from `stream` into `buf` until `parse` returns a value; `parse` returns how many bytes
+/// it consumed, which are removed from the front of `buf`.
+async fn read_until<T>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut parse: impl FnMut(&mut Vec<u8>) -> Result<Option<T>, HandshakeError>,
+) -> Result<T, HandshakeError> {
+    loop {
+        if let Some(v) = parse(buf)? {
+            return Ok(v);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.map_err(ConnectionError::from)?;
+        if n == 0 {
+            return Err(HandshakeError::Connection(ConnectionError::Closed));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
+
+/// Decrypts every complete frame at the front of `cipher_buf` into `plain`.
+fn open_frames(
+    recv: &mut RecvCipher,
+    cipher_buf: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) -> Result<(), SecretError> {
+    let mut offset = 0;
+    while cipher_buf.len() - offset >= SEALED_FRAME_SIZE {
+        let Some(frame) = cipher_buf.get_mut(offset..offset + SEALED_FRAME_SIZE) else { break };
+        plain.extend_from_slice(recv.open_frame(frame)?);
+        offset += SEALED_FRAME_SIZE;
+    }
+    cipher_buf.drain(..offset);
+    Ok(())
+}
+
+fn secret_error(e: SecretError) -> HandshakeError {
+    HandshakeError::Authentication(e.to_string())
+}
+
+/// Reads one uvarint-delimited message from the front of `plain`: `Ok(None)` if incomplete.
+fn take_delimited(plain: &mut Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, HandshakeError> {
+    let mut len: u64 = 0;
+    for (i, byte) in plain.iter().enumerate().take(10) {
+        len |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > max {
+                return Err(HandshakeError::Protocol(format!(
+                    "NodeInfo of {len} bytes exceeds the limit of {max} bytes"
+                )));
+            }
+            let start = i + 1;
+            if plain.len() < start + len {
+                return Ok(None);
+            }
+            let body = plain.get(start..start + len).map(<[u8]>::to_vec).unwrap_or_default();
+            plain.drain(..start + len);
+            return Ok(Some(body));
+        }
+    }
+    if plain.len() >= 10 {
+        return Err(HandshakeError::Protocol("malformed NodeInfo length prefix".into()));
+    }
+    Ok(None)
+}
+
+#[async_trait]
+impl Connection for MConnConnection {
+    async fn handshake(
+        &mut self,
+        local_info: &NodeInfo,
+        key: &NodeKey,
+        channels: &[ChannelDescriptor],
+    ) -> Result<(NodeInfo, VerifyingKey), HandshakeError> {
+        let State::Raw(mut stream) = std::mem::replace(&mut self.state, State::Failed) else {
+            return Err(HandshakeError::Protocol("handshake already done".into()));
+        };
+        let phase = self.config.handshake_phase_timeout;
+        let timed = |what: &'static str| {
+            move |_| HandshakeError::Protocol(format!("{what} did not finish within {phase:?}"))
+        };
+
+        // Phase 1: SecretConnection. Send first, then read (both sides do the same).
+        let mut cipher_buf = Vec::with_capacity(4096);
+        let (mut send, mut recv, peer_key, mut plain) = tokio::time::timeout(phase, async {
+            let hs = Handshake::new(key.signing_key().clone());
+            stream.write_all(&hs.ephemeral_message()).await.map_err(ConnectionError::from)?;
+            let remote = read_until(&mut stream, &mut cipher_buf, |buf| {
+                Ok(parse_ephemeral(buf).map_err(secret_error)?.map(|(key, used)| {
+                    buf.drain(..used);
+                    key
+                }))
+            })
+            .await?;
+            let mut auth = hs.finish(remote).map_err(secret_error)?;
+            let mut out = Vec::with_capacity(SEALED_FRAME_SIZE);
+            let message = auth.auth_message();
+            auth.sender().seal(&message, &mut out).map_err(secret_error)?;
+            stream.write_all(&out).await.map_err(ConnectionError::from)?;
+            let mut plain = Vec::new();
+            let peer_key = read_until(&mut stream, &mut cipher_buf, |buf| {
+                open_frames(auth.receiver(), buf, &mut plain).map_err(secret_error)?;
+                Ok(auth.read_peer_auth(&plain).map_err(secret_error)?.map(|(k, used)| {
+                    plain.drain(..used);
+                    k
+                }))
+            })
+            .await?;
+            let (send, recv) = auth.into_ciphers();
+            Ok::<_, HandshakeError>((send, recv, peer_key, plain))
+        })
+        .await
+        .map_err(timed("SecretConnection handshake"))??;
+
+        // Phase 2: NodeInfo exchange, under a fresh deadline as in Go.
+        let peer_info = tokio::time::timeout(phase, async {
+            let proto = DefaultNodeInfo::from(local_info);
+            let mut out = Vec::new();
+            send.seal(&proto.encode_length_delimited_to_vec(), &mut out).map_err(secret_error)?;
+            stream.write_all(&out).await.map_err(ConnectionError::from)?;
+            let body = read_until(&mut stream, &mut cipher_buf, |buf| {
+                open_frames(&mut recv, buf, &mut plain).map_err(secret_error)?;
+                take_delimited(&mut plain, MAX_NODE_INFO_SIZE)
+            })
+            .await?;
+            Ok::<_, HandshakeError>(NodeInfo::decode(&body)?)
+        })
+        .await
+        .map_err(timed("NodeInfo exchange"))??;
+
+        // Start the driver with whatever arrived behind the handshake.
+        let specs: Vec<ChannelSpec> = channels
+            .iter()
+            .map(|d| ChannelSpec {
+                id: d.id.0,
+                priority: d.priority.max(1),
+                send_queue_capacity: self.config.channel_send_queue.max(1),
+                recv_message_capacity: d.max_message_size,
+            })
+            .collect();
+        let mut mconn = MConnection::new(self.config.mconn, &specs, Instant::now().into_std())
+            .map_err(|e| HandshakeError::Protocol(format!("local channel setup: {e}")))?;
+        if !plain.is_empty() {
+            mconn
+                .handle_input(Instant::now().into_std(), &plain)
+                .map_err(|e| HandshakeError::Connection(mconn_error(e)))?;
+        }
+        let (commands_tx, commands_rx) = mpsc::channel(self.config.command_queue.max(1));
+        let (events_tx, events_rx) = mpsc::channel(self.config.receive_queue.max(1));
+        let failure = Arc::new(Mutex::new(None));
+        let (reader, writer) = stream.into_split();
+        let driver = Driver {
+            mconn,
+            send,
+            recv,
+            reader,
+            writer,
+            commands: commands_rx,
+            events: events_tx,
+            cipher_in: cipher_buf,
+            failure: failure.clone(),
+        };
+        tokio::spawn(driver.run());
+        self.state = State::Running(Running {
+            commands: commands_tx,
+            events: Mutex::new(events_rx),
+            failure,
+        });
+        Ok((peer_info, peer_key))
+    }
+
+    async fn send(&self, channel: ChannelId, message: Bytes) -> Result<(), ConnectionError> {
+        let running = self.running()?;
+        if running.commands.send(Command::Send(channel, message)).await.is_err() {
+            return Err(take_failure(&running.failure));
+        }
+        Ok(())
+    }
+
+    async fn receive(&self) -> Result<(ChannelId, Bytes), ConnectionError> {
+        let running = self.running()?;
+        let next = std::future::poll_fn(|cx| {
+            running.events.lock().unwrap_or_else(PoisonError::into_inner).poll_recv(cx)
+        })
+        .await;
+        next.ok_or_else(|| take_failure(&running.failure))
+    }
+
+    fn local_endpoint(&self) -> Endpoint {
+        self.local.clone()
+    }
+
+    fn remote_endpoint(&self) -> Endpoint {
+        self.remote.clone()
+    }
+
+    async fn close(&self) {
+        let Ok(running) = self.running() else { return };
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if running.commands.send(Command::Close(ack_tx)).await.is_ok() {
+            let _ = ack_rx.await;
+        }
+    }
+}
+
+fn take_failure(failure: &Mutex<Option<ConnectionError>>) -> ConnectionError {
+    failure.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or(ConnectionError::Closed)
+}
+
+fn mconn_error(e: MConnError) -> ConnectionError {
+    ConnectionError::Protocol(e.to_string())
+}
+
+struct Driver {
+    mconn: MConnection,
+    send: SendCipher,
+    recv: RecvCipher,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<(ChannelId, Bytes)>,
+    cipher_in: Vec<u8>,
+    failure: Arc<Mutex<Option<ConnectionError>>>,
+}
+
+enum Ended {
+    /// Close requested: flushed; acknowledge.
+    Closed(oneshot::Sender<()>),
+    /// All handles dropped.
+    Dropped,
+    /// The peer closed or an error occurred.
+    Failed(ConnectionError),
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let ended = self.drive().await;
+        match ended {
+            Ended::Closed(ack) => {
+                let _ = self.writer.shutdown().await;
+                let _ = ack.send(());
+            }
+            Ended::Dropped => {
+                let _ = self.writer.shutdown().await;
+            }
+            Ended::Failed(e) => {
+                debug!(error = %e, "mconn connection ended");
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+            }
+        }
+    }
+
+    async fn drive(&mut self) -> Ended {
+        let mut plain_out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK + 2048);
+        let mut cipher_out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK * 2);
+        let mut written = 0usize;
+        let mut read_buf = vec![0u8; READ_CHUNK];
+        // A received message waiting for room in the events queue (reading is paused meanwhile).
+        let mut undelivered: Option<(ChannelId, Bytes)> = None;
+        // A command waiting for room in its channel's MConnection send queue.
+        let mut blocked: Option<(ChannelId, Bytes)> = None;
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        let mut commands_open = true;
+
+        loop {
+            let now = Instant::now();
+            // Deliver received messages until the queue is full.
+            if undelivered.is_none() {
+                while let Some(Event::Message { channel, data }) = self.mconn.poll_event() {
+                    match self.events.try_send((ChannelId(channel), data)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(m)) => {
+                            self.mconn.pause_reading(now.into_std());
+                            undelivered = Some(m);
+                            break;
+                        }
+                        // Nobody reads any more: discard.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+            }
+            // Move a blocked command into the MConnection once its channel has room.
+            if let Some((ch, _)) = &blocked
+                && self.mconn.can_queue(ch.0)
+                && let Some((ch, msg)) = blocked.take()
+                && let Err(e) = self.mconn.queue(ch.0, msg)
+            {
+                return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+            }
+            // Produce more ciphertext once the previous batch is written.
+            if written == cipher_out.len() {
+                cipher_out.clear();
+                written = 0;
+                if self.mconn.wants_to_transmit() {
+                    plain_out.clear();
+                    self.mconn.poll_transmit(now.into_std(), &mut plain_out, WRITE_CHUNK);
+                    if let Err(e) = self.send.seal(&plain_out, &mut cipher_out) {
+                        return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+                    }
+                }
+            }
+            let idle_out = written == cipher_out.len() && !self.mconn.wants_to_transmit();
+            if let Some(ack) = closing.take() {
+                if idle_out && blocked.is_none() {
+                    let _ = self.writer.flush().await;
+                    return Ended::Closed(ack);
+                }
+                closing = Some(ack);
+            }
+            let accept_commands = commands_open && blocked.is_none() && closing.is_none();
+            let reading = undelivered.is_none();
+            let timeout = self
+                .mconn
+                .poll_timeout()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| now + Duration::from_secs(3600));
+
+            tokio::select! {
+                cmd = self.commands.recv(), if accept_commands => match cmd {
+                    Some(Command::Send(ch, msg)) => {
+                        if self.mconn.can_queue(ch.0) {
+                            if let Err(e) = self.mconn.queue(ch.0, msg) {
+                                return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+                            }
+                        } else {
+                            blocked = Some((ch, msg));
+                        }
+                    }
+                    Some(Command::Close(ack)) => closing = Some(ack),
+                    None => {
+                        commands_open = false;
+                        if undelivered.is_none() && self.events.is_closed() {
+                            return Ended::Dropped;
+                        }
+                    }
+                },
+                r = self.writer.write(cipher_out.get(written..).unwrap_or_default()), if written < cipher_out.len() => {
+                    match r {
+                        Ok(0) => return Ended::Failed(ConnectionError::Closed),
+                        Ok(n) => written += n,
+                        Err(e) => return Ended::Failed(e.into()),
+                    }
+                }
+                r = self.reader.read(&mut read_buf), if reading => {
+                    let n = match r {
+                        Ok(0) => return Ended::Failed(ConnectionError::Closed),
+                        Ok(n) => n,
+                        Err(e) => return Ended::Failed(e.into()),
+                    };
+                    trace!(bytes = n, "read");
+                    self.cipher_in.extend_from_slice(read_buf.get(..n).unwrap_or_default());
+                    let now = Instant::now().into_std();
+                    if let Err(e) = process_input(&mut self.cipher_in, &mut self.recv, &mut self.mconn, now) {
+                        return Ended::Failed(e);
+                    }
+                }
+                permit = self.events.reserve(), if undelivered.is_some() => {
+                    if let (Ok(permit), Some(m)) = (permit, undelivered.take()) {
+                        permit.send(m);
+                    } else {
+                        undelivered = None;
+                    }
+                    self.mconn.resume_reading(Instant::now().into_std());
+                }
+                () = tokio::time::sleep_until(timeout) => {
+                    if let Err(e) = self.mconn.handle_timeout(Instant::now().into_std()) {
+                        return Ended::Failed(mconn_error(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decrypts complete frames at the front of `cipher_in` and feeds their payload to the
+/// MConnection.
+fn process_input(
+    cipher_in: &mut Vec<u8>,
+    recv: &mut RecvCipher,
+    mconn: &mut MConnection,
+    now: std::time::Instant,
+) -> Result<(), ConnectionError> {
+    let mut offset = 0;
+    while cipher_in.len() - offset >= SEALED_FRAME_SIZE {
+        let Some(frame) = cipher_in.get_mut(offset..offset + SEALED_FRAME_SIZE) else { break };
+        let payload =
+            recv.open_frame(frame).map_err(|e| ConnectionError::Protocol(e.to_string()))?;
+        mconn.handle_input(now, payload).map_err(mconn_error)?;
+        offset += SEALED_FRAME_SIZE;
+    }
+    cipher_in.drain(..offset);
+    Ok(())
+}

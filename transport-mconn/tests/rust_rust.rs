@@ -1,0 +1,120 @@
+//! Two Rust routers over the MConn transport on loopback TCP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p::echo::{Echo, echo_channel_descriptor};
+use p2p::mempool::{Txs, mempool_channel_descriptor};
+use p2p::router::ChannelDescriptor;
+use p2p::{
+    Channel, ChannelId, NodeAddress, NodeInfo, NodeKey, Outbound, PeerManagerConfig, PeerStatus,
+    PeerUpdates, Protocol, Router, RouterConfig,
+};
+use p2p_transport_mconn::{MConnConfig, MConnTransport};
+
+const T: Duration = Duration::from_secs(20);
+
+struct Node {
+    router: Router,
+    updates: PeerUpdates,
+    echo: Channel<Echo>,
+    txs: Channel<Txs>,
+    addr: NodeAddress,
+}
+
+async fn node(moniker: &str, network: &str) -> Node {
+    let key = NodeKey::generate();
+    let id = key.node_id();
+    let transport =
+        MConnTransport::bind("127.0.0.1:0".parse().unwrap(), MConnConfig::default()).await.unwrap();
+    let local = transport.local_addr().unwrap();
+    let info = NodeInfo::new(id, network, moniker, Vec::<ChannelId>::new());
+    let router =
+        Router::new(key, info, RouterConfig::default(), PeerManagerConfig::default(), None)
+            .unwrap();
+    router.add_transport(Arc::new(transport)).unwrap();
+    let echo = router.open_channel::<Echo>(echo_channel_descriptor()).unwrap();
+    let txs = router
+        .open_channel::<Txs>(mempool_channel_descriptor(8 << 20).with_queue_capacity(64, 64))
+        .unwrap();
+    let updates = router.subscribe();
+    router.start().unwrap();
+    let addr = format!("mconn://{id}@{local}").parse().unwrap();
+    Node { router, updates, echo, txs, addr }
+}
+
+async fn wait_up(updates: &mut PeerUpdates) -> p2p::NodeId {
+    loop {
+        let u = tokio::time::timeout(T, updates.recv()).await.unwrap().unwrap();
+        if u.status == PeerStatus::Up {
+            return u.node_id;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_small_and_large_cross_mconn() {
+    let mut a = node("a", "chain").await;
+    let mut b = node("b", "chain").await;
+    a.router.add_address(b.addr.clone()).unwrap();
+    assert_eq!(wait_up(&mut a.updates).await, b.addr.node_id());
+    assert_eq!(wait_up(&mut b.updates).await, a.addr.node_id());
+    let peers = a.router.connected_peers();
+    assert_eq!(peers[0].node_info.moniker, "b");
+    assert_eq!(peers[0].endpoint.protocol, Protocol::MCONN);
+
+    // Echo round trip.
+    a.echo.send(Outbound::to(b.addr.node_id(), Echo::Ping("hi".into()))).await.unwrap();
+    let env = tokio::time::timeout(T, b.echo.recv()).await.unwrap().unwrap();
+    assert_eq!(env.message, Echo::Ping("hi".into()));
+
+    // Many transactions of assorted sizes, incl. multi-packet ones, arrive intact and in order.
+    let sizes = [1usize, 100, 1023, 1024, 1025, 3000, 65_536, 1 << 20, 5 << 20];
+    let sender = {
+        let tx = a.txs.sender();
+        let to = b.addr.node_id();
+        tokio::spawn(async move {
+            for round in 0..20u8 {
+                for &n in &sizes {
+                    let body = vec![round.wrapping_add(n as u8); n];
+                    loop {
+                        match tx.send(Outbound::to(to, Txs(vec![body.clone()]))).await {
+                            Ok(o) if o.queued == 1 => break,
+                            // Queue full (DropNewest): give the writer a moment and retry.
+                            _ => tokio::task::yield_now().await,
+                        }
+                    }
+                }
+            }
+        })
+    };
+    for round in 0..20u8 {
+        for &n in &sizes {
+            let env = tokio::time::timeout(T, b.txs.recv()).await.unwrap().unwrap();
+            assert_eq!(env.message.0.len(), 1);
+            assert_eq!(env.message.0[0].len(), n);
+            assert!(env.message.0[0].iter().all(|&x| x == round.wrapping_add(n as u8)));
+        }
+    }
+    sender.await.unwrap();
+    a.router.stop().await;
+    b.router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_chain_id_is_refused_with_both_ids() {
+    let mut a = node("a", "chain-a").await;
+    let b = node("b", "chain-b").await;
+    a.router.add_address(b.addr.clone()).unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    while a.router.stats().dials_failed == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(a.router.connected_peers().is_empty());
+    assert!(b.router.connected_peers().is_empty());
+    let _ = &mut a.updates;
+    let _ = ChannelDescriptor::new(ChannelId(1));
+}
