@@ -176,7 +176,10 @@ impl Connection for MConnConnection {
         };
         let phase = self.config.handshake_phase_timeout;
         let timed = |what: &'static str| {
-            move |_| HandshakeError::Protocol(format!("{what} did not finish within {phase:?}"))
+            move |_| {
+                debug!(phase = what, limit = ?phase, "handshake phase timed out");
+                HandshakeError::Timeout(phase)
+            }
         };
 
         // Phase 1: SecretConnection. Send first, then read (both sides do the same).
@@ -307,7 +310,16 @@ fn take_failure(failure: &Mutex<Option<ConnectionError>>) -> ConnectionError {
 }
 
 fn mconn_error(e: MConnError) -> ConnectionError {
-    ConnectionError::Protocol(e.to_string())
+    match e {
+        MConnError::UnknownChannel { channel } => match u8::try_from(channel) {
+            Ok(ch) => ConnectionError::UnknownChannel(ChannelId(ch)),
+            Err(_) => ConnectionError::Protocol(e.to_string()),
+        },
+        MConnError::MessageTooLarge { channel, size, capacity } => {
+            ConnectionError::MessageTooLarge { channel: ChannelId(channel), size, max: capacity }
+        }
+        other => ConnectionError::Protocol(other.to_string()),
+    }
 }
 
 struct Driver {

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use p2p::Transport as _;
 use p2p::echo::{Echo, echo_channel_descriptor};
 use p2p::mempool::{Txs, mempool_channel_descriptor};
-use p2p::router::ChannelDescriptor;
 use p2p::{
     Channel, ChannelId, NodeAddress, NodeInfo, NodeKey, Outbound, PeerManagerConfig, PeerStatus,
     PeerUpdates, Protocol, Router, RouterConfig,
@@ -105,16 +105,43 @@ async fn messages_small_and_large_cross_mconn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_chain_id_is_refused_with_both_ids() {
-    let mut a = node("a", "chain-a").await;
+    // Through the routers: no connection comes up on either side.
+    let a = node("a", "chain-a").await;
     let b = node("b", "chain-b").await;
     a.router.add_address(b.addr.clone()).unwrap();
     let deadline = tokio::time::Instant::now() + T;
     while a.router.stats().dials_failed == 0 {
-        assert!(tokio::time::Instant::now() < deadline);
+        assert!(tokio::time::Instant::now() < deadline, "the dial should fail");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(a.router.connected_peers().is_empty());
     assert!(b.router.connected_peers().is_empty());
-    let _ = &mut a.updates;
-    let _ = ChannelDescriptor::new(ChannelId(1));
+    assert_eq!(a.router.stats().handshake_failures, 1);
+    assert_eq!(b.router.stats().handshake_failures, 1);
+
+    // The error each side reports names both chain IDs.
+    let listener =
+        MConnTransport::bind("127.0.0.1:0".parse().unwrap(), MConnConfig::default()).await.unwrap();
+    let to = p2p::Endpoint::socket(Protocol::MCONN, listener.local_addr().unwrap());
+    let dialer = MConnTransport::dial_only(MConnConfig::default());
+    let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
+    let ia = NodeInfo::new(ka.node_id(), "chain-a", "a", [ChannelId(0x30)])
+        .with_listen_addr("127.0.0.1:1");
+    let ib = NodeInfo::new(kb.node_id(), "chain-b", "b", [ChannelId(0x30)])
+        .with_listen_addr("127.0.0.1:2");
+    let descs = [mempool_channel_descriptor(1024)];
+    let (got_b, got_a) = tokio::join!(
+        async {
+            let mut c = dialer.dial(&to).await.unwrap();
+            c.handshake(&ia, &ka, &descs).await.unwrap().0
+        },
+        async {
+            let mut c = listener.accept().await.unwrap();
+            c.handshake(&ib, &kb, &descs).await.unwrap().0
+        }
+    );
+    for err in [ia.compatible_with(&got_b).unwrap_err(), ib.compatible_with(&got_a).unwrap_err()] {
+        let msg = err.to_string();
+        assert!(msg.contains("chain-a") && msg.contains("chain-b"), "{msg}");
+    }
 }
