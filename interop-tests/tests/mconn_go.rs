@@ -95,3 +95,39 @@ fn tendermint_034_rust_dials_go() {
 fn tendermint_034_go_dials_rust() {
     go_dials_rust(GoBinary::Tendermint034);
 }
+
+fn wrong_chain_id_refused_on_both_sides(binary: GoBinary) {
+    let go_chain = format!("go-chain-{}", binary.name());
+    // Rust dials Go with the wrong chain id.
+    let rust = RustNode::start("rust-wrong-chain", "rust-node");
+    let go = GoNode::start(GoNodeConfig {
+        chain_id: Some(go_chain.clone()),
+        persistent_peers: vec![rust.go_address()],
+        ..GoNodeConfig::new(binary)
+    })
+    .unwrap();
+    rust.dial(&format!("mconn://{}", go.p2p_address()));
+    // Both directions fail: Rust's dial of Go, and Go's dial of Rust (persistent peer).
+    wait_for(T, "a failed dial and a refused inbound handshake on the Rust side", || {
+        let s = rust.router.stats();
+        Ok(s.dials_failed >= 1 && s.handshake_failures >= 2)
+    })
+    .unwrap();
+    wait_for(T, "Go to log the refusal with both chain ids", || {
+        Ok(go.log().lines().any(|l| l.contains("rust-wrong-chain") && l.contains(&go_chain)))
+    })
+    .unwrap();
+    assert!(rust.router.connected_peers().is_empty());
+    assert!(go.peers().unwrap().is_empty());
+    rust.stop();
+}
+
+#[test]
+fn cometbft_038_wrong_chain_id() {
+    wrong_chain_id_refused_on_both_sides(GoBinary::Cometbft038);
+}
+
+#[test]
+fn tendermint_034_wrong_chain_id() {
+    wrong_chain_id_refused_on_both_sides(GoBinary::Tendermint034);
+}
