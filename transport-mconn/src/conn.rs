@@ -261,6 +261,8 @@ impl Connection for MConnConnection {
             events: events_tx,
             cipher_in: cipher_buf,
             failure: failure.clone(),
+            send_limit: self.config.send_rate.map(|r| RateLimiter::new(r, Instant::now())),
+            recv_limit: self.config.recv_rate.map(|r| RateLimiter::new(r, Instant::now())),
         };
         tokio::spawn(driver.run());
         self.state = State::Running(Running {
@@ -332,6 +334,47 @@ struct Driver {
     events: mpsc::Sender<(ChannelId, Bytes)>,
     cipher_in: Vec<u8>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
+    send_limit: Option<RateLimiter>,
+    recv_limit: Option<RateLimiter>,
+}
+
+/// A token bucket over bytes: `rate` bytes/s with a burst of a tenth of a second (at least
+/// 64 KiB, so one write or read always fits). Only delays; never drops or disconnects.
+#[derive(Debug)]
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u64, now: Instant) -> Self {
+        let rate = rate.max(1) as f64;
+        let burst = (rate / 10.0).max(65_536.0);
+        Self { rate, burst, tokens: burst, last: now }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    fn consume(&mut self, bytes: usize, now: Instant) {
+        self.refill(now);
+        self.tokens -= bytes as f64;
+    }
+
+    /// When the bucket is non-negative again; `None` if it is now.
+    fn blocked_until(&mut self, now: Instant) -> Option<Instant> {
+        self.refill(now);
+        (self.tokens < 0.0).then(|| now + Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+fn blocked_until(limit: &mut Option<RateLimiter>, now: Instant) -> Option<Instant> {
+    limit.as_mut().and_then(|l| l.blocked_until(now))
 }
 
 enum Ended {
@@ -399,7 +442,8 @@ impl Driver {
                 return Ended::Failed(ConnectionError::Protocol(e.to_string()));
             }
             // Produce more ciphertext once the previous batch is written.
-            if written == cipher_out.len() {
+            let send_blocked = blocked_until(&mut self.send_limit, now);
+            if written == cipher_out.len() && send_blocked.is_none() {
                 cipher_out.clear();
                 written = 0;
                 if self.mconn.wants_to_transmit() {
@@ -407,6 +451,9 @@ impl Driver {
                     self.mconn.poll_transmit(now.into_std(), &mut plain_out, WRITE_CHUNK);
                     if let Err(e) = self.send.seal(&plain_out, &mut cipher_out) {
                         return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+                    }
+                    if let Some(limit) = &mut self.send_limit {
+                        limit.consume(cipher_out.len(), now);
                     }
                 }
             }
@@ -419,12 +466,17 @@ impl Driver {
                 closing = Some(ack);
             }
             let accept_commands = commands_open && blocked.is_none() && closing.is_none();
-            let reading = undelivered.is_none();
-            let timeout = self
-                .mconn
-                .poll_timeout()
-                .map(Instant::from_std)
-                .unwrap_or_else(|| now + Duration::from_secs(3600));
+            let recv_blocked = blocked_until(&mut self.recv_limit, now);
+            let reading = undelivered.is_none() && recv_blocked.is_none();
+            let timeout = [
+                self.mconn.poll_timeout().map(Instant::from_std),
+                send_blocked.filter(|_| self.mconn.wants_to_transmit()),
+                recv_blocked,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| now + Duration::from_secs(3600));
 
             tokio::select! {
                 cmd = self.commands.recv(), if accept_commands => match cmd {
@@ -459,6 +511,9 @@ impl Driver {
                         Err(e) => return Ended::Failed(e.into()),
                     };
                     trace!(bytes = n, "read");
+                    if let Some(limit) = &mut self.recv_limit {
+                        limit.consume(n, Instant::now());
+                    }
                     self.cipher_in.extend_from_slice(read_buf.get(..n).unwrap_or_default());
                     let now = Instant::now().into_std();
                     if let Err(e) = process_input(&mut self.cipher_in, &mut self.recv, &mut self.mconn, now) {
@@ -501,4 +556,29 @@ fn process_input(
     }
     cipher_in.drain(..offset);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_refills_at_its_rate_and_caps_the_burst() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(1_000_000, t0); // 1 MB/s, burst 100 kB
+        assert_eq!(l.blocked_until(t0), None);
+        l.consume(300_000, t0); // 200 kB in debt
+        let until = l.blocked_until(t0).unwrap();
+        assert_eq!(until - t0, Duration::from_millis(200));
+        // Half way: still blocked, 100 ms left.
+        let mid = t0 + Duration::from_millis(100);
+        assert_eq!(l.blocked_until(mid).unwrap() - mid, Duration::from_millis(100));
+        // Long idle refills only up to the burst.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(l.blocked_until(later), None);
+        l.consume(100_000, later);
+        assert_eq!(l.blocked_until(later), None, "a full burst is allowed");
+        l.consume(1, later);
+        assert!(l.blocked_until(later).is_some());
+    }
 }

@@ -39,6 +39,22 @@ pub struct MConnConfig {
     /// Received messages waiting for the router's reader; when full the driver stops reading the
     /// socket (backpressure). Default 64.
     pub receive_queue: usize,
+    /// Outbound bytes per second on this connection (token bucket, 100 ms burst); `None`
+    /// (default) is unlimited. Only delays sending; never drops or disconnects.
+    pub send_rate: Option<u64>,
+    /// Inbound bytes per second on this connection; `None` (default) is unlimited. When the
+    /// bucket is empty the driver stops reading (TCP backpressure to the sender).
+    pub recv_rate: Option<u64>,
+}
+
+impl MConnConfig {
+    /// CometBFT v0.38's defaults: `send_rate` and `recv_rate` 5 120 000 B/s, 1024-byte packet
+    /// payloads, 60 s pings with a 45 s pong timeout. Our default differs only in having no rate
+    /// limits: per-peer caps are a poor substitute for congestion control, and the router's
+    /// bounded queues already give backpressure.
+    pub fn cometbft_defaults() -> Self {
+        Self { send_rate: Some(5_120_000), recv_rate: Some(5_120_000), ..Self::default() }
+    }
 }
 
 impl Default for MConnConfig {
@@ -49,6 +65,8 @@ impl Default for MConnConfig {
             channel_send_queue: 2,
             command_queue: 32,
             receive_queue: 64,
+            send_rate: None,
+            recv_rate: None,
         }
     }
 }

@@ -25,10 +25,13 @@ struct Node {
 }
 
 async fn node(moniker: &str, network: &str) -> Node {
+    node_with(moniker, network, MConnConfig::default()).await
+}
+
+async fn node_with(moniker: &str, network: &str, config: MConnConfig) -> Node {
     let key = NodeKey::generate();
     let id = key.node_id();
-    let transport =
-        MConnTransport::bind("127.0.0.1:0".parse().unwrap(), MConnConfig::default()).await.unwrap();
+    let transport = MConnTransport::bind("127.0.0.1:0".parse().unwrap(), config).await.unwrap();
     let local = transport.local_addr().unwrap();
     let info = NodeInfo::new(id, network, moniker, Vec::<ChannelId>::new());
     let router =
@@ -144,4 +147,28 @@ async fn wrong_chain_id_is_refused_with_both_ids() {
         let msg = err.to_string();
         assert!(msg.contains("chain-a") && msg.contains("chain-b"), "{msg}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_connections_still_deliver_everything_in_order() {
+    let mut a = node_with("a", "chain", MConnConfig::cometbft_defaults()).await;
+    let mut b = node_with("b", "chain", MConnConfig::cometbft_defaults()).await;
+    a.router.add_address(b.addr.clone()).unwrap();
+    wait_up(&mut a.updates).await;
+    wait_up(&mut b.updates).await;
+    let to = b.addr.node_id();
+    let tx = a.txs.sender();
+    let sender = tokio::spawn(async move {
+        for i in 0..40u32 {
+            let body = vec![i as u8; 64 * 1024];
+            while tx.send(Outbound::to(to, Txs(vec![body.clone()]))).await.unwrap().queued == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    for i in 0..40u32 {
+        let env = tokio::time::timeout(T, b.txs.recv()).await.unwrap().unwrap();
+        assert_eq!(env.message.0[0], vec![i as u8; 64 * 1024]);
+    }
+    sender.await.unwrap();
 }
