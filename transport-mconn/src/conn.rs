@@ -408,7 +408,6 @@ impl Driver {
         let mut plain_out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK + 2048);
         let mut cipher_out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK * 2);
         let mut written = 0usize;
-        let mut read_buf = vec![0u8; READ_CHUNK];
         // A received message waiting for room in the events queue (reading is paused meanwhile).
         let mut undelivered: Option<(ChannelId, Bytes)> = None;
         // A command waiting for room in its channel's MConnection send queue.
@@ -466,6 +465,8 @@ impl Driver {
                 closing = Some(ack);
             }
             let accept_commands = commands_open && blocked.is_none() && closing.is_none();
+            // Read straight into the ciphertext buffer (no intermediate copy).
+            self.cipher_in.reserve(READ_CHUNK);
             let recv_blocked = blocked_until(&mut self.recv_limit, now);
             let reading = undelivered.is_none() && recv_blocked.is_none();
             let timeout = [
@@ -479,24 +480,40 @@ impl Driver {
             .unwrap_or_else(|| now + Duration::from_secs(3600));
 
             tokio::select! {
-                cmd = self.commands.recv(), if accept_commands => match cmd {
-                    Some(Command::Send(ch, msg)) => {
-                        if self.mconn.can_queue(ch.0) {
-                            if let Err(e) = self.mconn.queue(ch.0, msg) {
-                                return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+                cmd = self.commands.recv(), if accept_commands => {
+                    // Take every command already waiting (up to a full channel queue), so that
+                    // many small messages share one write.
+                    let mut next = cmd;
+                    loop {
+                        match next {
+                            Some(Command::Send(ch, msg)) => {
+                                if self.mconn.can_queue(ch.0) {
+                                    if let Err(e) = self.mconn.queue(ch.0, msg) {
+                                        return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+                                    }
+                                } else {
+                                    blocked = Some((ch, msg));
+                                    break;
+                                }
                             }
-                        } else {
-                            blocked = Some((ch, msg));
+                            Some(Command::Close(ack)) => {
+                                closing = Some(ack);
+                                break;
+                            }
+                            None => {
+                                commands_open = false;
+                                if undelivered.is_none() && self.events.is_closed() {
+                                    return Ended::Dropped;
+                                }
+                                break;
+                            }
+                        }
+                        match self.commands.try_recv() {
+                            Ok(cmd) => next = Some(cmd),
+                            Err(_) => break,
                         }
                     }
-                    Some(Command::Close(ack)) => closing = Some(ack),
-                    None => {
-                        commands_open = false;
-                        if undelivered.is_none() && self.events.is_closed() {
-                            return Ended::Dropped;
-                        }
-                    }
-                },
+                }
                 r = self.writer.write(cipher_out.get(written..).unwrap_or_default()), if written < cipher_out.len() => {
                     match r {
                         Ok(0) => return Ended::Failed(ConnectionError::Closed),
@@ -504,7 +521,7 @@ impl Driver {
                         Err(e) => return Ended::Failed(e.into()),
                     }
                 }
-                r = self.reader.read(&mut read_buf), if reading => {
+                r = self.reader.read_buf(&mut self.cipher_in), if reading => {
                     let n = match r {
                         Ok(0) => return Ended::Failed(ConnectionError::Closed),
                         Ok(n) => n,
@@ -514,7 +531,6 @@ impl Driver {
                     if let Some(limit) = &mut self.recv_limit {
                         limit.consume(n, Instant::now());
                     }
-                    self.cipher_in.extend_from_slice(read_buf.get(..n).unwrap_or_default());
                     let now = Instant::now().into_std();
                     if let Err(e) = process_input(&mut self.cipher_in, &mut self.recv, &mut self.mconn, now) {
                         return Ended::Failed(e);

@@ -32,7 +32,8 @@ pub struct MConnConfig {
     /// per phase; default 3 s.
     pub handshake_phase_timeout: Duration,
     /// Messages per channel waiting inside the connection to be packetised (the router's
-    /// per-peer queues hold the rest). Default 2.
+    /// per-peer queues hold the rest). The connection interleaves channels by priority, so this
+    /// only bounds memory and lets small messages share writes. Default 16.
     pub channel_send_queue: usize,
     /// Outbound messages handed to the connection's driver and not yet taken. Default 32.
     pub command_queue: usize,
@@ -62,7 +63,7 @@ impl Default for MConnConfig {
         Self {
             mconn: mconn::MConnConfig::default(),
             handshake_phase_timeout: Duration::from_secs(3),
-            channel_send_queue: 2,
+            channel_send_queue: 16,
             command_queue: 32,
             receive_queue: 64,
             send_rate: None,
