@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use p2p::router::ChannelDescriptor;
-use p2p::{ChannelId, Connection, Endpoint, NodeInfo, NodeKey, Protocol, Transport};
+use p2p::{ChannelId, Endpoint, NodeInfo, NodeKey, Protocol, Transport};
 use p2p_transport_mconn::secret::Handshake;
 use p2p_transport_mconn::{MConnConfig, MConnTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
