@@ -6,8 +6,13 @@
 //! socket reads (decrypt frames → packets → messages), socket writes (packets → frames), the
 //! MConnection timers (our pings, the pong deadline) and delivery of received messages to a
 //! bounded queue read by [`Connection::receive`]. When that queue is full (a slow reactor), the
-//! driver stops reading the socket — TCP backpressure to the peer — and pauses the pong
-//! deadline, so a slow reactor never gets a healthy peer disconnected for a missing pong.
+//! driver stops reading the socket — TCP backpressure to the peer.
+//!
+//! Liveness: the pong deadline runs only while both directions flow. It pauses while our reactor
+//! is slow (we are not reading, so we cannot see the pong) and while our output is stuck (the
+//! peer is applying backpressure: alive, but its reactor is slow). A slow reactor on either side
+//! therefore never gets a healthy connection dropped for a missing pong; a peer that takes none
+//! of our bytes for [`MConnConfig::write_stall_timeout`] is dropped.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -263,6 +268,7 @@ impl Connection for MConnConnection {
             failure: failure.clone(),
             send_limit: self.config.send_rate.map(|r| RateLimiter::new(r, Instant::now())),
             recv_limit: self.config.recv_rate.map(|r| RateLimiter::new(r, Instant::now())),
+            write_stall_timeout: self.config.write_stall_timeout,
         };
         tokio::spawn(driver.run());
         self.state = State::Running(Running {
@@ -336,6 +342,7 @@ struct Driver {
     failure: Arc<Mutex<Option<ConnectionError>>>,
     send_limit: Option<RateLimiter>,
     recv_limit: Option<RateLimiter>,
+    write_stall_timeout: Duration,
 }
 
 /// A token bucket over bytes: `rate` bytes/s with a burst of a tenth of a second (at least
@@ -414,6 +421,17 @@ impl Driver {
         let mut blocked: Option<(ChannelId, Bytes)> = None;
         let mut closing: Option<oneshot::Sender<()>> = None;
         let mut commands_open = true;
+        let mut paused = false;
+        let mut stalled_since: Option<Instant> = None;
+        // Frames that arrived together with the end of the handshake.
+        if let Err(e) = process_input(
+            &mut self.cipher_in,
+            &mut self.recv,
+            &mut self.mconn,
+            Instant::now().into_std(),
+        ) {
+            return Ended::Failed(e);
+        }
 
         loop {
             let now = Instant::now();
@@ -423,7 +441,6 @@ impl Driver {
                     match self.events.try_send((ChannelId(channel), data)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(m)) => {
-                            self.mconn.pause_reading(now.into_std());
                             undelivered = Some(m);
                             break;
                         }
@@ -456,6 +473,34 @@ impl Driver {
                     }
                 }
             }
+            // Liveness. The pong deadline only runs while the peer can hear us and we hear it:
+            // it pauses while our reactor is slow (we stopped reading) and while the peer is
+            // flow-controlling us (our output is stuck), which means it is alive but slow. A
+            // peer that takes none of our bytes for `write_stall_timeout` is dropped.
+            let output_pending = written < cipher_out.len();
+            match (output_pending, stalled_since) {
+                // Output waiting: the stall clock runs from now, or from the last write progress.
+                (true, None) => stalled_since = Some(now),
+                (false, Some(_)) => stalled_since = None,
+                _ => {}
+            }
+            if let Some(since) = stalled_since
+                && now.saturating_duration_since(since) >= self.write_stall_timeout
+            {
+                return Ended::Failed(ConnectionError::Protocol(format!(
+                    "peer took none of our data for {:?}",
+                    self.write_stall_timeout
+                )));
+            }
+            let want_pause = undelivered.is_some() || output_pending;
+            if want_pause != paused {
+                if want_pause {
+                    self.mconn.pause_reading(now.into_std());
+                } else {
+                    self.mconn.resume_reading(now.into_std());
+                }
+                paused = want_pause;
+            }
             let idle_out = written == cipher_out.len() && !self.mconn.wants_to_transmit();
             if let Some(ack) = closing.take() {
                 if idle_out && blocked.is_none() {
@@ -464,13 +509,16 @@ impl Driver {
                 }
                 closing = Some(ack);
             }
-            let accept_commands = commands_open && blocked.is_none() && closing.is_none();
+            // Keep polling commands while closing, to notice when every handle is dropped (a
+            // close that timed out because the peer stopped reading).
+            let accept_commands = commands_open && blocked.is_none();
             // Read straight into the ciphertext buffer (no intermediate copy).
             self.cipher_in.reserve(READ_CHUNK);
             let recv_blocked = blocked_until(&mut self.recv_limit, now);
             let reading = undelivered.is_none() && recv_blocked.is_none();
             let timeout = [
                 self.mconn.poll_timeout().map(Instant::from_std),
+                stalled_since.map(|t| t + self.write_stall_timeout),
                 send_blocked.filter(|_| self.mconn.wants_to_transmit()),
                 recv_blocked,
             ]
@@ -502,7 +550,7 @@ impl Driver {
                             }
                             None => {
                                 commands_open = false;
-                                if undelivered.is_none() && self.events.is_closed() {
+                                if self.events.is_closed() {
                                     return Ended::Dropped;
                                 }
                                 break;
@@ -517,7 +565,11 @@ impl Driver {
                 r = self.writer.write(cipher_out.get(written..).unwrap_or_default()), if written < cipher_out.len() => {
                     match r {
                         Ok(0) => return Ended::Failed(ConnectionError::Closed),
-                        Ok(n) => written += n,
+                        Ok(n) => {
+                            written += n;
+                            // Progress: the peer takes our bytes.
+                            stalled_since = None;
+                        }
                         Err(e) => return Ended::Failed(e.into()),
                     }
                 }
@@ -542,7 +594,6 @@ impl Driver {
                     } else {
                         undelivered = None;
                     }
-                    self.mconn.resume_reading(Instant::now().into_std());
                 }
                 () = tokio::time::sleep_until(timeout) => {
                     if let Err(e) = self.mconn.handle_timeout(Instant::now().into_std()) {

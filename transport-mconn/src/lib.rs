@@ -46,6 +46,9 @@ pub struct MConnConfig {
     /// Inbound bytes per second on this connection; `None` (default) is unlimited. When the
     /// bucket is empty the driver stops reading (TCP backpressure to the sender).
     pub recv_rate: Option<u64>,
+    /// How long the peer may take none of our bytes (its reactor is stalled, or it is gone)
+    /// before the connection is dropped. The pong deadline is paused meanwhile. Default 120 s.
+    pub write_stall_timeout: Duration,
 }
 
 impl MConnConfig {
@@ -68,6 +71,7 @@ impl Default for MConnConfig {
             receive_queue: 64,
             send_rate: None,
             recv_rate: None,
+            write_stall_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -172,3 +172,44 @@ async fn rate_limited_connections_still_deliver_everything_in_order() {
     }
     sender.await.unwrap();
 }
+
+/// A slow reactor must not cost the connection its liveness: with a 200 ms ping interval and a
+/// 300 ms pong timeout, the receiver's reactor stops reading for 3 s while the sender floods.
+/// Both sides keep the connection (the pong deadline pauses while data is backed up) and every
+/// message arrives once the reactor resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reactor_does_not_kill_liveness() {
+    let mut config = MConnConfig::default();
+    config.mconn.ping_interval = Duration::from_millis(200);
+    config.mconn.pong_timeout = Duration::from_millis(300);
+    let mut a = node_with("a", "chain", config.clone()).await;
+    let mut b = node_with("b", "chain", config).await;
+    a.router.add_address(b.addr.clone()).unwrap();
+    wait_up(&mut a.updates).await;
+    wait_up(&mut b.updates).await;
+    let to = b.addr.node_id();
+    const N: u32 = 300;
+    let tx = a.txs.sender();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            let body = vec![i as u8; 64 * 1024];
+            while tx.send(Outbound::to(to, Txs(vec![body.clone()]))).await.unwrap().queued == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // The reactor is "busy" (not reading) for 3 s: ten pong timeouts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..N {
+        let env = tokio::time::timeout(T, b.txs.recv()).await.unwrap().unwrap();
+        assert_eq!(env.message.0[0][0], i as u8);
+    }
+    sender.await.unwrap();
+    // No Down update on either side.
+    for updates in [&mut a.updates, &mut b.updates] {
+        while let Ok(Ok(u)) = tokio::time::timeout(Duration::ZERO, updates.recv()).await {
+            assert_ne!(u.status, PeerStatus::Down, "connection dropped: {u:?}");
+        }
+    }
+    assert_eq!(a.router.connected_peers().len(), 1);
+}
