@@ -309,6 +309,12 @@ async fn key_that_does_not_match_the_dialled_id() {
     let claimed = NodeKey::from_seed([4; 32]).node_id();
     router.add_address(format!("mconn://{claimed}@{addr}").parse().unwrap()).unwrap();
     tokio::time::timeout(T, evil).await.unwrap().unwrap();
+    // The router counts the failure right after closing the socket the evil peer saw close.
+    let deadline = tokio::time::Instant::now() + T;
+    while router.stats().handshake_failures == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the failure is counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(router.connected_peers().is_empty());
     assert_eq!(router.stats().handshake_failures, 1);
 }
