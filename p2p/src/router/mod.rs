@@ -817,10 +817,11 @@ async fn dial_loop(shared: Arc<Shared>) -> LoopEnd {
 async fn dial_peer(shared: &Arc<Shared>, address: NodeAddress) {
     match dial_and_handshake(shared, &address).await {
         Err(e) => {
-            bump(&shared.counters.dials_failed);
+            // Cause first, then the total: a reader that sees the dial failure sees its cause.
             if matches!(e, DialError::Handshake { .. }) {
                 bump(&shared.counters.handshake_failures);
             }
+            bump(&shared.counters.dials_failed);
             info!(error = %e, "dial failed");
             shared.with_pm(|pm, now| pm.dial_failed(&address, now));
         }
