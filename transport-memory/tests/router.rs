@@ -318,7 +318,7 @@ async fn incompatible_network_is_rejected_with_both_chain_ids() {
     // The dial fails and is retried with backoff; wait until the first failure is counted.
     eventually(|| a.router.stats().dials_failed > 0).await;
     assert_eq!(a.router.connected_peers().len(), 0);
-    assert_eq!(a.router.stats().handshake_failures, 1);
+    assert!(a.router.stats().handshake_failures >= 1);
     let err = a.router.node_info().compatible_with(&b.router.node_info()).unwrap_err().to_string();
     assert!(err.contains("memnet") && err.contains("chain-b"), "{err}");
 }
