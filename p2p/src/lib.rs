@@ -18,6 +18,7 @@ pub mod key;
 pub mod mempool;
 pub mod node_info;
 pub mod peer_manager;
+pub mod pex;
 pub mod router;
 pub mod transport;
 pub mod types;

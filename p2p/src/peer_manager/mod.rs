@@ -1154,6 +1154,27 @@ impl PeerManager {
             .map_or_else(Vec::new, |p| p.addresses.iter().map(|a| a.address.clone()).collect())
     }
 
+    /// Up to `limit` addresses to share with other nodes (e.g. by PEX): one per known peer (its
+    /// address with the fewest consecutive dial failures), best-scored peers first (then lowest
+    /// node ID), leaving out banned peers and `exclude` (typically the peer that asked).
+    pub fn known_addresses(
+        &self,
+        now: Timestamp,
+        exclude: NodeId,
+        limit: usize,
+    ) -> Vec<NodeAddress> {
+        let half_life = self.half_life();
+        let mut found: Vec<(f64, NodeId, &NodeAddress)> = (self.peers.iter())
+            .filter(|(id, p)| **id != exclude && p.ban_until(now).is_none())
+            .filter_map(|(id, p)| {
+                let best = p.addresses.iter().min_by_key(|a| a.failures)?;
+                Some((p.score_at(now, half_life), *id, &best.address))
+            })
+            .collect();
+        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        found.into_iter().take(limit).map(|(_, _, address)| address.clone()).collect()
+    }
+
     /// Number of peers with an admitted connection.
     pub fn num_connected(&self) -> usize {
         self.peers.values().filter(|p| p.connection().is_some()).count()

@@ -1,0 +1,1056 @@
+//! Peer exchange (PEX) on channel 0x00, in the dialect of Tendermint v0.34 and CometBFT v0.38.
+//!
+//! * [`PexMessage`] is the [`Wrapper`] for `tendermint.p2p.Message` (`PexRequest` = oneof field 1,
+//!   `PexAddrs` = field 2). The v0.35 `*V2` messages (fields 3 and 4) are never sent: v0.34 and
+//!   v0.38 nodes disconnect a peer that sends them.
+//! * [`PexState`] is a sans-IO state machine (no clock, no I/O, seeded randomness) that decides
+//!   when to ask whom and how to treat what arrives; it returns [`PexAction`]s.
+//! * [`run_pex_reactor`] drives a [`PexState`] on a [`Router`]: it answers requests with
+//!   addresses from the [`PeerManager`](crate::PeerManager) and adds the addresses it learns.
+//!
+//! # Rules
+//!
+//! The Go reactor (`p2p/pex/pex_reactor.go`) disconnects **and bans for 24 h** a peer that sends
+//! a second `PexRequest` less than 10 s after the previous accepted one (the first two on a
+//! connection are free), or a `PexAddrs` it did not ask for. It also bans for an `ip` it cannot
+//! parse. The rules below keep us clear of all of that:
+//!
+//! * **Asking.** An *outbound* peer is asked once right after it comes up (as Go does), and on
+//!   every tick ([`PexConfig::request_interval`]) one connected peer, drawn at random, is asked.
+//!   Both only while we know fewer than [`PexConfig::want_addresses_below`] peers. A peer has at
+//!   most one request outstanding: it is not asked again until it answered (or reconnected), and
+//!   a tick only picks a peer last asked at least [`PexConfig::min_request_interval_per_peer`]
+//!   ago (never less than [`MIN_REQUEST_INTERVAL`], Go's 10 s plus a margin for jitter).
+//! * **Answering.** `PexAddrs` is only ever sent in answer to a request, with at most
+//!   [`PexConfig::max_addresses_sent`] (≤ [`MAX_ADDRESSES`]) addresses. A peer's requests are
+//!   answered at most once per [`PexConfig::min_answer_interval`] (10 s): a request that comes
+//!   sooner is answered when that interval has passed (Go itself sends its first periodic
+//!   request at a random time after its on-connect request, so this is normal), and any further
+//!   request while one waits is ignored and penalised [`Severity::Minor`]. Request floods never
+//!   make us answer faster and never disconnect.
+//! * **Receiving.** `PexAddrs` without an outstanding request is ignored and penalised
+//!   [`Severity::Disconnect`] ("unsolicited PEX addresses"). Otherwise the first
+//!   [`PexConfig::max_addresses_accepted`] entries are taken, the rest dropped silently; entries
+//!   with our own node ID or an address nobody can dial (unspecified, broadcast, multicast) are
+//!   dropped; malformed entries (bad ID, IP or port) are skipped and cost the sender one
+//!   [`Severity::Minor`] penalty per message. A reply that was in flight when its peer
+//!   reconnected is accepted within [`LATE_REPLY_GRACE`].
+//! * **Encoding.** IPs are written as Go's `net.IP.String()` does: dotted IPv4, RFC 5952 IPv6
+//!   without brackets, IPv4-mapped IPv6 as plain IPv4. Only `mconn` addresses with a literal IP
+//!   are shared (Go cannot use DNS names or other transports).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2p_proto::tendermint::p2p::{Message, NetAddress, PexAddrs, PexRequest, message::Sum};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, warn};
+
+use crate::address::{Host, NodeAddress, Protocol};
+use crate::peer_manager::{Direction, PeerStatus, Severity, Timestamp};
+use crate::router::{
+    Channel, ChannelDescriptor, Outbound, OverflowPolicy, PeerError, PeerUpdates, PeerUpdatesError,
+    Router, UnwrapError, Wrapper,
+};
+use crate::types::{ChannelId, NodeId};
+
+/// The PEX channel.
+pub const PEX_CHANNEL: ChannelId = ChannelId(0x00);
+
+/// Largest PEX message Go accepts (its channel's `RecvMessageCapacity`, 256 × 250 bytes).
+pub const MAX_PEX_MESSAGE_SIZE: usize = 64_000;
+
+/// Most addresses Go puts in one `PexAddrs` (`maxGetSelection`); we never send more.
+pub const MAX_ADDRESSES: usize = 250;
+
+/// Least time between two of our requests to one peer: Go's 10 s limit plus 1 s for jitter.
+pub const MIN_REQUEST_INTERVAL: Duration = Duration::from_secs(11);
+
+/// How long after a peer went down (or reconnected) a reply to a request sent on its previous
+/// connection is still accepted.
+pub const LATE_REPLY_GRACE: Duration = Duration::from_secs(30);
+
+/// Shortest tick period accepted by [`PexState`] (a smaller `request_interval` is raised to it).
+const MIN_TICK: Duration = Duration::from_secs(1);
+
+/// The PEX channel's descriptor, with Go's numbers: priority 1, send queue 10, messages up to
+/// [`MAX_PEX_MESSAGE_SIZE`]; a full send queue drops the new message.
+pub fn pex_channel_descriptor() -> ChannelDescriptor {
+    ChannelDescriptor::new(PEX_CHANNEL)
+        .with_priority(1)
+        .with_queue_capacity(10, 256)
+        .with_max_message_size(MAX_PEX_MESSAGE_SIZE)
+        .with_overflow(OverflowPolicy::DropNewest)
+}
+
+/// One gossiped address: node ID, IP and port (`tendermint.p2p.NetAddress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PexAddress {
+    /// The node the address claims to reach.
+    pub node_id: NodeId,
+    /// Its IP (IPv4-mapped IPv6 addresses are kept as IPv4).
+    pub ip: IpAddr,
+    /// Its port.
+    pub port: u16,
+}
+
+impl PexAddress {
+    /// An address; an IPv4-mapped IPv6 IP is turned into plain IPv4, as Go does.
+    pub fn new(node_id: NodeId, ip: IpAddr, port: u16) -> Self {
+        Self { node_id, ip: ip.to_canonical(), port }
+    }
+
+    /// The PEX form of an `mconn` address with a literal IP; `None` for any other address
+    /// (DNS names, other transports, opaque addresses), which Go could not use.
+    pub fn from_node_address(address: &NodeAddress) -> Option<Self> {
+        if *address.protocol() != Protocol::MCONN {
+            return None;
+        }
+        match address.host_port()? {
+            (Host::Ip(ip), port) => Some(Self::new(address.node_id(), *ip, port)),
+            _ => None,
+        }
+    }
+
+    /// `mconn://<id>@<ip>:<port>`.
+    pub fn to_node_address(&self) -> NodeAddress {
+        NodeAddress::new_host(Protocol::MCONN, self.node_id, Host::Ip(self.ip), self.port)
+    }
+
+    /// Whether anyone could dial it: not unspecified, broadcast or multicast, port not 0.
+    pub fn is_dialable(&self) -> bool {
+        let ip_ok = match self.ip {
+            IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+            IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+        };
+        ip_ok && self.port != 0
+    }
+
+    fn to_proto(self) -> NetAddress {
+        NetAddress {
+            id: self.node_id.to_string(),
+            // `Display` of std's IP types matches Go's `net.IP.String()` once mapped addresses
+            // are canonical: dotted IPv4, RFC 5952 IPv6 without brackets.
+            ip: self.ip.to_canonical().to_string(),
+            port: u32::from(self.port),
+        }
+    }
+
+    /// Parses one entry; `None` if its ID, IP or port is malformed (port 0 included).
+    fn from_proto(proto: &NetAddress) -> Option<Self> {
+        let node_id = proto.id.parse().ok()?;
+        let ip: IpAddr = proto.ip.parse().ok()?;
+        let port = u16::try_from(proto.port).ok().filter(|p| *p != 0)?;
+        Some(Self::new(node_id, ip, port))
+    }
+}
+
+/// A message of the PEX protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PexMessage {
+    /// Asks the peer for addresses (`PexRequest`).
+    Request,
+    /// Addresses, in answer to a request (`PexAddrs`).
+    Addrs {
+        /// The well-formed entries, in the order received.
+        addresses: Vec<PexAddress>,
+        /// How many received entries were malformed (bad ID, IP or port) and left out. Ignored
+        /// when sending.
+        invalid: usize,
+    },
+}
+
+impl PexMessage {
+    /// An `Addrs` message to send.
+    pub fn addrs(addresses: Vec<PexAddress>) -> Self {
+        Self::Addrs { addresses, invalid: 0 }
+    }
+}
+
+impl Wrapper for PexMessage {
+    type Proto = Message;
+
+    fn wrap(self) -> Message {
+        let sum = match self {
+            Self::Request => Sum::PexRequest(PexRequest {}),
+            Self::Addrs { addresses, .. } => Sum::PexAddrs(PexAddrs {
+                addrs: addresses.into_iter().map(PexAddress::to_proto).collect(),
+            }),
+        };
+        Message { sum: Some(sum) }
+    }
+
+    /// Rejects only a message without a oneof (which includes the v0.35 `*V2` messages, unknown
+    /// here). Malformed address entries are skipped and counted in
+    /// [`PexMessage::Addrs::invalid`], not fatal.
+    fn unwrap(proto: Message) -> Result<Self, UnwrapError> {
+        match proto.sum {
+            Some(Sum::PexRequest(PexRequest {})) => Ok(Self::Request),
+            Some(Sum::PexAddrs(PexAddrs { addrs })) => {
+                let addresses: Vec<PexAddress> =
+                    addrs.iter().filter_map(PexAddress::from_proto).collect();
+                let invalid = addrs.len() - addresses.len();
+                Ok(Self::Addrs { addresses, invalid })
+            }
+            None => Err(UnwrapError("PEX message without a request or addresses".into())),
+        }
+    }
+}
+
+/// PEX settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PexConfig {
+    /// How often one connected peer is asked for addresses (default 30 s, Go's `ensurePeers`
+    /// period; at least 1 s).
+    pub request_interval: Duration,
+    /// Least time between two requests to the same peer (default 30 s; raised to at least
+    /// [`MIN_REQUEST_INTERVAL`], since Go bans below 10 s).
+    pub min_request_interval_per_peer: Duration,
+    /// Least time between two answers to the same peer (default 10 s, Go's own limit).
+    pub min_answer_interval: Duration,
+    /// Most addresses per answer (default 100, which v0.35 peers accept too; at most
+    /// [`MAX_ADDRESSES`]).
+    pub max_addresses_sent: usize,
+    /// Most addresses taken from one received message; the rest are dropped (default 250).
+    pub max_addresses_accepted: usize,
+    /// Peers are asked only while we know fewer peers than this (default 1000, as Go).
+    pub want_addresses_below: usize,
+    /// Seed of the RNG that picks whom to ask.
+    pub seed: u64,
+}
+
+impl Default for PexConfig {
+    fn default() -> Self {
+        Self {
+            request_interval: Duration::from_secs(30),
+            min_request_interval_per_peer: Duration::from_secs(30),
+            min_answer_interval: Duration::from_secs(10),
+            max_addresses_sent: 100,
+            max_addresses_accepted: MAX_ADDRESSES,
+            want_addresses_below: 1000,
+            seed: 0,
+        }
+    }
+}
+
+/// What the driver of a [`PexState`] must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PexAction {
+    /// Send this message to the peer. If it could not be queued, call
+    /// [`PexState::send_failed`].
+    Send(NodeId, PexMessage),
+    /// Answer the peer's request: send it `PexMessage::Addrs` with up to
+    /// [`PexConfig::max_addresses_sent`] known addresses (not its own).
+    Respond(NodeId),
+    /// Add these addresses (`mconn://id@ip:port`) to the peer manager.
+    Learn(Vec<NodeAddress>),
+    /// Report the peer's misbehaviour.
+    Penalise(NodeId, Severity, String),
+}
+
+/// What we know about one peer.
+#[derive(Debug)]
+struct PeerPex {
+    /// `false`: the peer went down with a request outstanding; kept only to accept a late reply.
+    connected: bool,
+    direction: Direction,
+    /// A request of ours is unanswered.
+    outstanding: bool,
+    last_requested: Option<Timestamp>,
+    last_answered: Option<Timestamp>,
+    /// A request that came too soon, to be answered at this time.
+    answer_due: Option<Timestamp>,
+    /// A reply to a request sent on an earlier connection is accepted until then.
+    late_reply_until: Option<Timestamp>,
+}
+
+impl PeerPex {
+    fn new(direction: Direction) -> Self {
+        Self {
+            connected: true,
+            direction,
+            outstanding: false,
+            last_requested: None,
+            last_answered: None,
+            answer_due: None,
+            late_reply_until: None,
+        }
+    }
+}
+
+/// The PEX protocol as a sans-IO state machine; see the [module documentation](self) for the
+/// rules. Time is passed in; randomness comes from [`PexConfig::seed`].
+#[derive(Debug)]
+pub struct PexState {
+    self_id: NodeId,
+    config: PexConfig,
+    rng: SmallRng,
+    peers: BTreeMap<NodeId, PeerPex>,
+    /// The next periodic request; set by the first call that passes a time.
+    next_request_at: Option<Timestamp>,
+}
+
+impl PexState {
+    /// A state machine for node `self_id`. Out-of-range settings are clamped (see
+    /// [`PexConfig`]).
+    pub fn new(self_id: NodeId, mut config: PexConfig) -> Self {
+        config.request_interval = config.request_interval.max(MIN_TICK);
+        config.min_request_interval_per_peer =
+            config.min_request_interval_per_peer.max(MIN_REQUEST_INTERVAL);
+        config.max_addresses_sent = config.max_addresses_sent.min(MAX_ADDRESSES);
+        let rng = SmallRng::seed_from_u64(config.seed);
+        Self { self_id, config, rng, peers: BTreeMap::new(), next_request_at: None }
+    }
+
+    /// The configuration in effect (after clamping).
+    pub fn config(&self) -> &PexConfig {
+        &self.config
+    }
+
+    /// The connected peers, by node ID.
+    pub fn connected_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.iter().filter(|(_, p)| p.connected).map(|(id, _)| *id)
+    }
+
+    /// Whether a request of ours to `peer` is unanswered.
+    pub fn has_outstanding_request(&self, peer: NodeId) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.connected && p.outstanding)
+    }
+
+    fn start_clock(&mut self, now: Timestamp) {
+        if self.next_request_at.is_none() {
+            self.next_request_at = Some(now + self.config.request_interval);
+        }
+    }
+
+    fn wants(&self, known_peers: usize) -> bool {
+        known_peers < self.config.want_addresses_below
+    }
+
+    /// Records a request to `peer` and returns the action that sends it.
+    fn request(&mut self, peer: NodeId, now: Timestamp) -> Option<PexAction> {
+        let state = self.peers.get_mut(&peer)?;
+        state.outstanding = true;
+        state.last_requested = Some(now);
+        Some(PexAction::Send(peer, PexMessage::Request))
+    }
+
+    /// `peer` came up. An outbound peer is asked for addresses at once if we want some.
+    /// Idempotent: a peer that is already up only has its direction updated.
+    pub fn peer_up(
+        &mut self,
+        peer: NodeId,
+        direction: Direction,
+        now: Timestamp,
+        known_peers: usize,
+    ) -> Vec<PexAction> {
+        self.start_clock(now);
+        let late_reply_until = match self.peers.get_mut(&peer) {
+            Some(state) if state.connected => {
+                state.direction = direction;
+                return Vec::new();
+            }
+            Some(state) => state.late_reply_until.filter(|until| *until > now),
+            None => None,
+        };
+        let mut state = PeerPex::new(direction);
+        state.late_reply_until = late_reply_until;
+        self.peers.insert(peer, state);
+        let mut actions = Vec::new();
+        if direction == Direction::Outbound && self.wants(known_peers) {
+            actions.extend(self.request(peer, now));
+        }
+        actions
+    }
+
+    /// `peer` went down: its requests and ours are forgotten (as Go does), except that a reply
+    /// to our outstanding request is still accepted for [`LATE_REPLY_GRACE`].
+    pub fn peer_down(&mut self, peer: NodeId, now: Timestamp) {
+        self.start_clock(now);
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        let pending = state.outstanding || state.late_reply_until.is_some_and(|u| u > now);
+        if pending {
+            *state = PeerPex::new(state.direction);
+            state.connected = false;
+            state.late_reply_until = Some(now + LATE_REPLY_GRACE);
+        } else {
+            self.peers.remove(&peer);
+        }
+    }
+
+    /// Our request to `peer` was not queued (full queue, peer gone): it is not outstanding.
+    pub fn send_failed(&mut self, peer: NodeId) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.outstanding = false;
+        }
+    }
+
+    /// Handles a message from `peer`.
+    pub fn on_message(
+        &mut self,
+        peer: NodeId,
+        message: PexMessage,
+        now: Timestamp,
+    ) -> Vec<PexAction> {
+        self.start_clock(now);
+        match message {
+            PexMessage::Request => self.on_request(peer, now),
+            PexMessage::Addrs { addresses, invalid } => {
+                self.on_addrs(peer, addresses, invalid, now)
+            }
+        }
+    }
+
+    fn on_request(&mut self, peer: NodeId, now: Timestamp) -> Vec<PexAction> {
+        let min_answer = self.config.min_answer_interval;
+        // A request from a peer we have not seen come up (our updates lagged): it is connected.
+        let state = self.peers.entry(peer).or_insert_with(|| PeerPex::new(Direction::Inbound));
+        if !state.connected {
+            // The connection it came on is gone; there is nobody to answer.
+            return Vec::new();
+        }
+        if state.answer_due.is_some() {
+            return vec![PexAction::Penalise(
+                peer,
+                Severity::Minor,
+                "PEX request while an earlier one still waits for its answer".into(),
+            )];
+        }
+        match state.last_answered {
+            Some(last) if now.saturating_sub(last) < min_answer => {
+                state.answer_due = Some(last + min_answer);
+                Vec::new()
+            }
+            _ => {
+                state.last_answered = Some(now);
+                vec![PexAction::Respond(peer)]
+            }
+        }
+    }
+
+    fn on_addrs(
+        &mut self,
+        peer: NodeId,
+        addresses: Vec<PexAddress>,
+        invalid: usize,
+        now: Timestamp,
+    ) -> Vec<PexAction> {
+        let solicited = match self.peers.get_mut(&peer) {
+            Some(state) if state.outstanding => {
+                state.outstanding = false;
+                true
+            }
+            Some(state) if state.late_reply_until.is_some_and(|u| u > now) => {
+                state.late_reply_until = None;
+                true
+            }
+            _ => false,
+        };
+        if self.peers.get(&peer).is_some_and(|s| !s.connected && s.late_reply_until.is_none()) {
+            self.peers.remove(&peer);
+        }
+        if !solicited {
+            return vec![PexAction::Penalise(
+                peer,
+                Severity::Disconnect,
+                "unsolicited PEX addresses".into(),
+            )];
+        }
+        let mut actions = Vec::new();
+        if invalid > 0 {
+            actions.push(PexAction::Penalise(
+                peer,
+                Severity::Minor,
+                format!("{invalid} malformed PEX address(es)"),
+            ));
+        }
+        let learned: Vec<NodeAddress> = (addresses.into_iter())
+            .take(self.config.max_addresses_accepted)
+            .filter(|a| a.node_id != self.self_id && a.is_dialable())
+            .map(|a| a.to_node_address())
+            .collect();
+        if !learned.is_empty() {
+            actions.push(PexAction::Learn(learned));
+        }
+        actions
+    }
+
+    /// Does what is due at `now`: delayed answers, and the periodic request to one random
+    /// eligible peer. Call it at [`next_tick`](Self::next_tick) (calling it early is harmless).
+    pub fn on_tick(&mut self, now: Timestamp, known_peers: usize) -> Vec<PexAction> {
+        self.start_clock(now);
+        let mut actions = Vec::new();
+        self.peers.retain(|_, s| s.connected || s.late_reply_until.is_some_and(|u| u > now));
+        for (id, state) in &mut self.peers {
+            if state.late_reply_until.is_some_and(|u| u <= now) {
+                state.late_reply_until = None;
+            }
+            if let Some(due) = state.answer_due
+                && due <= now
+            {
+                state.answer_due = None;
+                state.last_answered = Some(now);
+                actions.push(PexAction::Respond(*id));
+            }
+        }
+        if self.next_request_at.is_some_and(|at| at <= now) {
+            self.next_request_at = Some(now + self.config.request_interval);
+            if self.wants(known_peers) {
+                let spacing = self.config.min_request_interval_per_peer;
+                let eligible: Vec<NodeId> = (self.peers.iter())
+                    .filter(|(_, s)| {
+                        s.connected
+                            && !s.outstanding
+                            && s.last_requested.is_none_or(|t| now.saturating_sub(t) >= spacing)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !eligible.is_empty() {
+                    let pick = self.rng.random_range(0..eligible.len());
+                    if let Some(peer) = eligible.get(pick).copied() {
+                        actions.extend(self.request(peer, now));
+                    }
+                }
+            }
+        }
+        actions
+    }
+
+    /// When [`on_tick`](Self::on_tick) next has something to do; `None` before any time was
+    /// passed in.
+    pub fn next_tick(&self) -> Option<Timestamp> {
+        let answers = self.peers.values().filter(|s| s.connected).filter_map(|s| s.answer_due);
+        answers.chain(self.next_request_at).min()
+    }
+}
+
+/// Runs the PEX reactor until the router stops (its channel closes).
+///
+/// `channel` must be the router's channel opened with [`pex_channel_descriptor`], and `updates`
+/// a [`Router::subscribe`] subscription (peers that came up before it are picked up from
+/// [`Router::connected_peers`] at start and whenever the subscription lags). Requests are answered with
+/// [`PeerManager::known_addresses`](crate::PeerManager::known_addresses) (best-scored peers
+/// first), keeping only `mconn` addresses with a literal IP; learned addresses go to
+/// [`Router::add_address`]; penalties to [`Channel::report_error`].
+pub async fn run_pex_reactor(
+    router: Arc<Router>,
+    mut channel: Channel<PexMessage>,
+    mut updates: PeerUpdates,
+    config: PexConfig,
+) {
+    let mut state = PexState::new(router.node_id(), config);
+    let known = |router: &Router| router.inspect_peer_manager(|pm, _| pm.num_known());
+    let mut updates_open = true;
+    let actions = resync(&router, &mut state, known(&router));
+    execute(&router, &channel, &mut state, actions).await;
+    loop {
+        let sleep = state.next_tick().map_or(Duration::from_secs(3600), |at| {
+            at.saturating_sub(Timestamp::now()).max(Duration::from_millis(1))
+        });
+        // Peer updates first: a peer's `Up` is published before any of its messages is read.
+        let actions = tokio::select! {
+            biased;
+            update = updates.recv(), if updates_open => {
+                let now = Timestamp::now();
+                match update {
+                    Ok(u) if u.status == PeerStatus::Up => {
+                        state.peer_up(u.node_id, u.direction, now, known(&router))
+                    }
+                    Ok(u) => {
+                        state.peer_down(u.node_id, now);
+                        Vec::new()
+                    }
+                    Err(PeerUpdatesError::Lagged(n)) => {
+                        warn!(missed = n, "PEX reactor lagged behind peer updates; resyncing");
+                        resync(&router, &mut state, known(&router))
+                    }
+                    Err(_) => {
+                        updates_open = false;
+                        Vec::new()
+                    }
+                }
+            }
+            envelope = channel.recv() => {
+                let Some(envelope) = envelope else {
+                    debug!("PEX channel closed; reactor stops");
+                    return;
+                };
+                state.on_message(envelope.from, envelope.message, Timestamp::now())
+            }
+            () = tokio::time::sleep(sleep) => state.on_tick(Timestamp::now(), known(&router)),
+        };
+        execute(&router, &channel, &mut state, actions).await;
+    }
+}
+
+/// Brings `state` in line with the router's connected peers.
+fn resync(router: &Router, state: &mut PexState, known_peers: usize) -> Vec<PexAction> {
+    let now = Timestamp::now();
+    let connected = router.connected_peers();
+    let gone: Vec<NodeId> =
+        state.connected_peers().filter(|id| !connected.iter().any(|p| p.node_id == *id)).collect();
+    for peer in gone {
+        state.peer_down(peer, now);
+    }
+    let mut actions = Vec::new();
+    for peer in connected {
+        actions.extend(state.peer_up(peer.node_id, peer.direction, now, known_peers));
+    }
+    actions
+}
+
+async fn execute(
+    router: &Router,
+    channel: &Channel<PexMessage>,
+    state: &mut PexState,
+    actions: Vec<PexAction>,
+) {
+    for action in actions {
+        match action {
+            PexAction::Send(peer, message) => {
+                let queued = channel.send(Outbound::to(peer, message)).await;
+                if !matches!(queued, Ok(outcome) if outcome.queued > 0) {
+                    debug!(%peer, "PEX request not queued");
+                    state.send_failed(peer);
+                }
+            }
+            PexAction::Respond(peer) => {
+                let limit = state.config().max_addresses_sent;
+                let addresses: Vec<PexAddress> = router
+                    .inspect_peer_manager(|pm, now| pm.known_addresses(now, peer, usize::MAX))
+                    .iter()
+                    .filter_map(PexAddress::from_node_address)
+                    .filter(|a| a.node_id != peer && a.is_dialable())
+                    .take(limit)
+                    .collect();
+                debug!(%peer, count = addresses.len(), "answering PEX request");
+                if let Err(e) = channel.send(Outbound::to(peer, PexMessage::addrs(addresses))).await
+                {
+                    debug!(%peer, error = %e, "PEX answer not sent");
+                }
+            }
+            PexAction::Learn(addresses) => {
+                debug!(count = addresses.len(), "learned PEX addresses");
+                for address in addresses {
+                    // Own, banned or overflowing addresses are refused; nothing to do about it.
+                    let _ = router.add_address(address);
+                }
+            }
+            PexAction::Penalise(peer, severity, reason) => {
+                channel.report_error(PeerError { node_id: peer, severity, reason });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use prost::Message as _;
+
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 20])
+    }
+
+    fn t(secs: u64) -> Timestamp {
+        Timestamp::from_millis(1_000_000 + secs * 1000)
+    }
+
+    fn ms(millis: u64) -> Timestamp {
+        Timestamp::from_millis(1_000_000 + millis)
+    }
+
+    fn addr(n: u8, port: u16) -> PexAddress {
+        PexAddress::new(id(n), IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)), port)
+    }
+
+    fn addrs_msg(list: Vec<PexAddress>) -> PexMessage {
+        PexMessage::addrs(list)
+    }
+
+    const ME: u8 = 0xee;
+
+    fn state() -> PexState {
+        PexState::new(id(ME), PexConfig::default())
+    }
+
+    fn requests(actions: &[PexAction]) -> Vec<NodeId> {
+        (actions.iter())
+            .filter_map(|a| match a {
+                PexAction::Send(p, PexMessage::Request) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn penalties(actions: &[PexAction]) -> Vec<(NodeId, Severity)> {
+        (actions.iter())
+            .filter_map(|a| match a {
+                PexAction::Penalise(p, s, _) => Some((*p, *s)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn golden_bytes() {
+        // wire-mconn.md §5.1: PexRequest message = 0a 00.
+        assert_eq!(PexMessage::Request.wrap().encode_to_vec(), [0x0a, 0x00]);
+        // §4.1: PexAddrs{[{10ba68..bb80, "127.0.0.1", 26656}]}.
+        let node: NodeId = "10ba682c8ad13513971e8b56881aab8bd702bb80".parse().unwrap();
+        let msg = addrs_msg(vec![PexAddress::new(node, IpAddr::V4(Ipv4Addr::LOCALHOST), 26656)]);
+        let bytes = msg.clone().wrap().encode_to_vec();
+        let expected = format!(
+            "123b0a390a28{}1209{}18a0d001",
+            hex::encode("10ba682c8ad13513971e8b56881aab8bd702bb80"),
+            hex::encode("127.0.0.1")
+        );
+        assert_eq!(hex::encode(&bytes), expected);
+        let back = PexMessage::unwrap(Message::decode(&bytes[..]).unwrap()).unwrap();
+        assert_eq!(back, msg);
+        let back = PexMessage::unwrap(Message::decode(&[0x0a, 0x00][..]).unwrap()).unwrap();
+        assert_eq!(back, PexMessage::Request);
+    }
+
+    #[test]
+    fn unwrap_rejects_empty_oneof_and_v2_messages() {
+        assert!(PexMessage::unwrap(Message { sum: None }).is_err());
+        // v0.35 PexRequestV2 is oneof field 3: unknown here, so the oneof is empty.
+        let v2 = Message::decode(&[0x1a, 0x00][..]).unwrap();
+        assert!(PexMessage::unwrap(v2).is_err());
+    }
+
+    #[test]
+    fn malformed_entries_are_skipped_and_counted() {
+        let good = "10ba682c8ad13513971e8b56881aab8bd702bb80";
+        let entry =
+            |id: &str, ip: &str, port: u32| NetAddress { id: id.into(), ip: ip.into(), port };
+        let proto = Message {
+            sum: Some(Sum::PexAddrs(PexAddrs {
+                addrs: vec![
+                    entry(good, "1.2.3.4", 26656),
+                    entry("xyz", "1.2.3.4", 26656),
+                    entry(good, "not-an-ip", 26656),
+                    entry(good, "[::1]", 26656),
+                    entry(good, "1.2.3.4", 70000),
+                    entry(good, "1.2.3.4", 0),
+                    entry(&good.to_uppercase(), "::ffff:5.6.7.8", 1),
+                    entry(good, "2001:db8::1", 2),
+                ],
+            })),
+        };
+        let PexMessage::Addrs { addresses, invalid } = PexMessage::unwrap(proto).unwrap() else {
+            panic!("not addrs");
+        };
+        assert_eq!(invalid, 5);
+        let node: NodeId = good.parse().unwrap();
+        assert_eq!(
+            addresses,
+            vec![
+                PexAddress::new(node, "1.2.3.4".parse().unwrap(), 26656),
+                PexAddress::new(node, "5.6.7.8".parse().unwrap(), 1),
+                PexAddress::new(node, "2001:db8::1".parse().unwrap(), 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn ips_are_encoded_as_go_prints_them() {
+        let node = id(1);
+        let enc = |ip: IpAddr| PexAddress::new(node, ip, 1).to_proto().ip;
+        assert_eq!(enc(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1))), "192.168.0.1");
+        let mapped = Ipv4Addr::new(1, 2, 3, 4).to_ipv6_mapped();
+        assert_eq!(enc(IpAddr::V6(mapped)), "1.2.3.4");
+        // A struct literal bypasses `new`: still sent as IPv4.
+        let raw = PexAddress { node_id: node, ip: IpAddr::V6(mapped), port: 1 };
+        assert_eq!(raw.to_proto().ip, "1.2.3.4");
+        assert_eq!(enc("2001:0db8:0:0:1:0:0:1".parse().unwrap()), "2001:db8::1:0:0:1");
+        assert_eq!(enc("fe80::0:0:1".parse().unwrap()), "fe80::1");
+        assert_eq!(enc(IpAddr::V6(Ipv6Addr::LOCALHOST)), "::1");
+        let a = PexAddress::new(node, "::1".parse().unwrap(), 26656);
+        assert_eq!(a.to_node_address().to_string(), format!("mconn://{node}@[::1]:26656"));
+        assert_eq!(PexAddress::from_node_address(&a.to_node_address()), Some(a));
+        let dns: NodeAddress = format!("mconn://{node}@example.com:1").parse().unwrap();
+        assert_eq!(PexAddress::from_node_address(&dns), None);
+        let quic: NodeAddress = format!("quic://{node}@1.2.3.4:1").parse().unwrap();
+        assert_eq!(PexAddress::from_node_address(&quic), None);
+    }
+
+    #[test]
+    fn descriptor_matches_go() {
+        let d = pex_channel_descriptor();
+        assert_eq!((d.id, d.priority, d.send_queue_capacity), (ChannelId(0), 1, 10));
+        assert_eq!(d.max_message_size, 64_000);
+        assert_eq!(d.overflow, OverflowPolicy::DropNewest);
+        // 250 IPv6 addresses with 5-digit ports fit Go's channel limit.
+        let node = id(1);
+        let ip: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        let big = addrs_msg(vec![PexAddress::new(node, ip, 65535); MAX_ADDRESSES]);
+        assert!(big.wrap().encoded_len() <= MAX_PEX_MESSAGE_SIZE);
+    }
+
+    #[test]
+    fn known_addresses_are_best_scored_first_one_per_peer_without_banned_or_excluded() {
+        use crate::peer_manager::{PeerManager, PeerManagerConfig};
+        let now = t(0);
+        let mut pm = PeerManager::new(id(ME), PeerManagerConfig::default(), Vec::new(), now);
+        let mconn = |n: u8, port: u16| addr(n, port).to_node_address();
+        for n in 1..=5 {
+            pm.add_address(mconn(n, 1), now).unwrap();
+        }
+        pm.add_address(mconn(2, 2), now).unwrap();
+        pm.report_good(id(3), now);
+        pm.report(id(4), Severity::Minor, now);
+        pm.report(id(5), Severity::Ban, now);
+        // Peer 2's first address fails once (−1): its second one is shared instead.
+        loop {
+            let dial = pm.dial_next(now).unwrap();
+            if dial.node_id() == id(2) {
+                assert_eq!(dial, mconn(2, 1));
+                pm.dial_failed(&dial, now);
+                break;
+            }
+        }
+        pm.report_good(id(2), now);
+        pm.report_good(id(2), now);
+        // Scores now: 2 → 1, 3 → 1, 1 → 0, 4 → −1; 5 is banned.
+        let all = pm.known_addresses(now, id(9), usize::MAX);
+        assert_eq!(all, vec![mconn(2, 2), mconn(3, 1), mconn(1, 1), mconn(4, 1)]);
+        assert_eq!(pm.known_addresses(now, id(3), 2), vec![mconn(2, 2), mconn(1, 1)]);
+    }
+
+    #[test]
+    fn outbound_peers_are_asked_on_connect_inbound_are_not() {
+        let mut s = state();
+        let a = s.peer_up(id(1), Direction::Outbound, t(0), 5);
+        assert_eq!(a, vec![PexAction::Send(id(1), PexMessage::Request)]);
+        assert!(s.has_outstanding_request(id(1)));
+        assert!(s.peer_up(id(2), Direction::Inbound, t(0), 5).is_empty());
+        // Not while we know enough peers.
+        assert!(s.peer_up(id(3), Direction::Outbound, t(0), 1000).is_empty());
+        // A repeated Up changes nothing and sends nothing.
+        assert!(s.peer_up(id(1), Direction::Outbound, t(1), 5).is_empty());
+    }
+
+    #[test]
+    fn ticks_ask_one_random_peer_spaced_per_peer() {
+        let mut s = state();
+        for n in 1..=3 {
+            assert!(s.peer_up(id(n), Direction::Inbound, t(0), 5).is_empty());
+        }
+        assert_eq!(s.next_tick(), Some(t(30)));
+        assert!(s.on_tick(t(29), 5).is_empty(), "nothing before the tick");
+        let mut last_asked: BTreeMap<NodeId, Timestamp> = BTreeMap::new();
+        let mut seen = Vec::new();
+        for k in 1..=12u64 {
+            let now = t(30 * k);
+            assert_eq!(s.next_tick(), Some(now));
+            let a = s.on_tick(now, 5);
+            let asked = requests(&a);
+            assert_eq!(asked.len(), 1, "one peer per tick: {a:?}");
+            let peer = asked[0];
+            if let Some(prev) = last_asked.insert(peer, now) {
+                assert!(now.saturating_sub(prev) >= Duration::from_secs(30));
+            }
+            seen.push(peer);
+            // It answers at once.
+            let a = s.on_message(peer, addrs_msg(vec![]), now);
+            assert!(a.is_empty(), "{a:?}");
+        }
+        for n in 1..=3 {
+            assert!(seen.contains(&id(n)), "random picks reach every peer: {seen:?}");
+        }
+        // The same seed gives the same picks.
+        let mut again = state();
+        for n in 1..=3 {
+            again.peer_up(id(n), Direction::Inbound, t(0), 5);
+        }
+        let first = requests(&again.on_tick(t(30), 5));
+        assert_eq!(first, vec![seen[0]]);
+        // No requests while we know enough peers, but the tick still advances.
+        assert!(requests(&again.on_tick(t(60), 1000)).is_empty());
+        assert_eq!(again.next_tick(), Some(t(90)));
+    }
+
+    #[test]
+    fn per_peer_spacing_holds_with_fast_ticks() {
+        let config = PexConfig {
+            request_interval: Duration::from_secs(5),
+            min_request_interval_per_peer: Duration::from_secs(1), // raised to 11 s
+            ..PexConfig::default()
+        };
+        let mut s = PexState::new(id(ME), config);
+        assert_eq!(s.config().min_request_interval_per_peer, MIN_REQUEST_INTERVAL);
+        s.peer_up(id(1), Direction::Inbound, t(0), 5);
+        let mut asked_at = Vec::new();
+        for k in 1..=12u64 {
+            let now = t(5 * k);
+            let a = s.on_tick(now, 5);
+            if !requests(&a).is_empty() {
+                asked_at.push(5 * k);
+                s.on_message(id(1), addrs_msg(vec![]), now);
+            }
+        }
+        assert_eq!(asked_at, vec![5, 20, 35, 50]);
+    }
+
+    #[test]
+    fn at_most_one_outstanding_request_per_peer() {
+        let mut s = state();
+        assert_eq!(requests(&s.peer_up(id(1), Direction::Outbound, t(0), 5)), vec![id(1)]);
+        // It never answers: never asked again.
+        for k in 1..=10u64 {
+            assert!(requests(&s.on_tick(t(30 * k), 5)).is_empty());
+        }
+        // After a reconnect it may be asked again.
+        s.peer_down(id(1), t(301));
+        assert_eq!(requests(&s.peer_up(id(1), Direction::Outbound, t(302), 5)), vec![id(1)]);
+        // A request that could not be queued is not outstanding.
+        s.send_failed(id(1));
+        assert!(!s.has_outstanding_request(id(1)));
+        assert_eq!(requests(&s.on_tick(t(340), 5)), vec![id(1)]);
+    }
+
+    #[test]
+    fn unsolicited_addresses_are_penalised_and_ignored() {
+        let mut s = state();
+        s.peer_up(id(1), Direction::Inbound, t(0), 5);
+        let a = s.on_message(id(1), addrs_msg(vec![addr(7, 1)]), t(1));
+        assert_eq!(
+            a,
+            vec![PexAction::Penalise(
+                id(1),
+                Severity::Disconnect,
+                "unsolicited PEX addresses".into()
+            )]
+        );
+        // A second reply to one request is unsolicited too.
+        s.peer_up(id(2), Direction::Outbound, t(0), 5);
+        let a = s.on_message(id(2), addrs_msg(vec![addr(7, 1)]), t(1));
+        assert_eq!(a, vec![PexAction::Learn(vec![addr(7, 1).to_node_address()])]);
+        let a = s.on_message(id(2), addrs_msg(vec![addr(7, 1)]), t(2));
+        assert_eq!(penalties(&a), vec![(id(2), Severity::Disconnect)]);
+        // From a peer we do not know at all.
+        let a = s.on_message(id(9), addrs_msg(vec![]), t(2));
+        assert_eq!(penalties(&a), vec![(id(9), Severity::Disconnect)]);
+    }
+
+    #[test]
+    fn large_answers_are_truncated_without_penalty() {
+        let mut s = state();
+        s.peer_up(id(1), Direction::Outbound, t(0), 5);
+        let many: Vec<PexAddress> = (0..300u16)
+            .map(|i| PexAddress::new(id(2), IpAddr::V4(Ipv4Addr::LOCALHOST), i + 1))
+            .collect();
+        let a = s.on_message(id(1), addrs_msg(many.clone()), t(1));
+        assert!(penalties(&a).is_empty());
+        let [PexAction::Learn(learned)] = a.as_slice() else { panic!("{a:?}") };
+        assert_eq!(learned.len(), MAX_ADDRESSES);
+        assert_eq!(learned[249], many[249].to_node_address());
+    }
+
+    #[test]
+    fn own_and_undialable_addresses_are_dropped_malformed_ones_cost_a_minor_penalty() {
+        let mut s = state();
+        s.peer_up(id(1), Direction::Outbound, t(0), 5);
+        let list = vec![
+            addr(ME, 1),
+            PexAddress::new(id(3), IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1),
+            PexAddress::new(id(4), IpAddr::V4(Ipv4Addr::BROADCAST), 1),
+            PexAddress::new(id(5), "ff02::1".parse().unwrap(), 1),
+            addr(6, 26656),
+        ];
+        let a = s.on_message(id(1), PexMessage::Addrs { addresses: list, invalid: 2 }, t(1));
+        assert_eq!(
+            a,
+            vec![
+                PexAction::Penalise(id(1), Severity::Minor, "2 malformed PEX address(es)".into()),
+                PexAction::Learn(vec![addr(6, 26656).to_node_address()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn request_flood_is_answered_once_per_interval_and_never_disconnects() {
+        let mut s = state();
+        s.peer_up(id(1), Direction::Inbound, t(0), 5);
+        let mut responds = Vec::new();
+        let mut minors = 0;
+        // 100 requests per second for 60 s, ticking as the driver would.
+        for i in 0..6000u64 {
+            let now = ms(i * 10);
+            let mut a = s.on_message(id(1), PexMessage::Request, now);
+            if s.next_tick().is_some_and(|at| at <= now) {
+                a.extend(s.on_tick(now, 5));
+            }
+            for action in a {
+                match action {
+                    PexAction::Respond(p) => {
+                        assert_eq!(p, id(1));
+                        responds.push(i * 10);
+                    }
+                    PexAction::Penalise(_, Severity::Minor, _) => minors += 1,
+                    PexAction::Send(_, PexMessage::Request) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(responds, vec![0, 10_000, 20_000, 30_000, 40_000, 50_000]);
+        assert_eq!(minors, 6000 - 6 - 1, "every ignored request costs a minor penalty");
+    }
+
+    #[test]
+    fn a_second_request_within_the_interval_is_answered_late_without_penalty() {
+        // Go asks an outbound peer on connect and again at its first (random) ensurePeers tick.
+        let mut s = state();
+        s.peer_up(id(1), Direction::Inbound, t(0), 5);
+        assert_eq!(s.on_message(id(1), PexMessage::Request, t(1)), [PexAction::Respond(id(1))]);
+        assert!(s.on_message(id(1), PexMessage::Request, t(3)).is_empty());
+        assert_eq!(s.next_tick(), Some(t(11)));
+        assert!(s.on_tick(t(10), 5).is_empty());
+        assert_eq!(s.on_tick(t(11), 5), [PexAction::Respond(id(1))]);
+        // Ten seconds after that answer, a request is answered at once again.
+        assert_eq!(s.on_message(id(1), PexMessage::Request, t(21)), [PexAction::Respond(id(1))]);
+        // A pending answer is dropped when the peer goes away, and the state resets.
+        assert!(s.on_message(id(1), PexMessage::Request, t(22)).is_empty());
+        s.peer_down(id(1), t(23));
+        assert!(s.on_tick(t(31), 5).iter().all(|a| !matches!(a, PexAction::Respond(_))));
+        s.peer_up(id(1), Direction::Inbound, t(32), 5);
+        assert_eq!(s.on_message(id(1), PexMessage::Request, t(32)), [PexAction::Respond(id(1))]);
+    }
+
+    #[test]
+    fn late_reply_after_reconnect_is_accepted() {
+        let mut s = state();
+        s.peer_up(id(1), Direction::Outbound, t(0), 5);
+        s.peer_down(id(1), t(1));
+        s.peer_up(id(1), Direction::Inbound, t(2), 5);
+        let a = s.on_message(id(1), addrs_msg(vec![addr(7, 1)]), t(3));
+        assert_eq!(a, vec![PexAction::Learn(vec![addr(7, 1).to_node_address()])]);
+        // Only once.
+        let a = s.on_message(id(1), addrs_msg(vec![]), t(4));
+        assert_eq!(penalties(&a), vec![(id(1), Severity::Disconnect)]);
+        // Also while the peer is down, within the grace period; the entry is then dropped.
+        s.peer_up(id(2), Direction::Outbound, t(10), 5);
+        s.peer_down(id(2), t(11));
+        assert_eq!(s.connected_peers().collect::<Vec<_>>(), vec![id(1)]);
+        let a = s.on_message(id(2), addrs_msg(vec![]), t(12));
+        assert!(a.is_empty());
+        let a = s.on_message(id(2), addrs_msg(vec![]), t(13));
+        assert_eq!(penalties(&a), vec![(id(2), Severity::Disconnect)]);
+        // After the grace period it is unsolicited.
+        s.peer_up(id(3), Direction::Outbound, t(20), 5);
+        s.peer_down(id(3), t(21));
+        s.on_tick(t(21) + LATE_REPLY_GRACE, 5);
+        let a = s.on_message(id(3), addrs_msg(vec![]), t(22) + LATE_REPLY_GRACE);
+        assert_eq!(penalties(&a), vec![(id(3), Severity::Disconnect)]);
+    }
+}
