@@ -2,6 +2,11 @@
 # Installs the Go node binaries the interop tests run against:
 #   CometBFT   v0.38.25 -> <repo>/.cache/go-bin/cometbft-v0.38.25/cometbft
 #   Tendermint v0.34.24 -> <repo>/.cache/go-bin/tendermint-v0.34.24/tendermint
+#   gopeer (ours)       -> <repo>/.cache/go-bin/gopeer-<hash>/gopeer, built from
+#                          interop-tests/gopeer; <hash> is the first 16 hex digits of the
+#                          SHA-256 of go.mod, go.sum and *.go (name order) concatenated, so a
+#                          change to the sources builds a new binary (GoPeer in src/lib.rs
+#                          computes the same hash to find it).
 #
 # Idempotent: a binary that is present and reports the expected version is kept.
 # Pure-Go builds (CGO_ENABLED=0) with the local Go toolchain (GOTOOLCHAIN=local); the
@@ -115,9 +120,42 @@ if ! install_one tendermint github.com/tendermint/tendermint v0.34.24; then
     } >&2
 fi
 
+# install_gopeer: builds our Go peer (interop-tests/gopeer) unless the binary for the current
+# sources exists. Prints nothing; returns non-zero on failure.
+install_gopeer() {
+    local src="$repo/interop-tests/gopeer"
+    local hash go_files
+    go_files="$(cd "$src" && LC_ALL=C ls -- *.go)"
+    # shellcheck disable=SC2086 # file names without spaces, one per line
+    hash="$(cd "$src" && cat go.mod go.sum $go_files | sha256sum | cut -c1-16)"
+    local dir="$bin_root/gopeer-$hash"
+    local bin="$dir/gopeer"
+    if [[ -x "$bin" ]]; then
+        log "gopeer $hash already built at $bin"
+        gopeer_bin="$bin"
+        return 0
+    fi
+    mkdir -p "$dir"
+    log "building gopeer $hash with $go_version ..."
+    if ! (cd "$src" && go build -mod=readonly -trimpath -o "$bin.tmp" .); then
+        rm -f "$bin.tmp"
+        log "go build of interop-tests/gopeer failed"
+        return 1
+    fi
+    mv "$bin.tmp" "$bin"
+    log "gopeer built at $bin"
+    # Builds of older sources are of no further use.
+    find "$bin_root" -maxdepth 1 -type d -name 'gopeer-*' ! -name "gopeer-$hash" -exec rm -rf {} +
+    gopeer_bin="$bin"
+}
+
+gopeer_bin=""
+install_gopeer || die "could not build interop-tests/gopeer (see the go output above)"
+
 echo "$bin_root/cometbft-v0.38.25/cometbft"
 if ((tendermint_ok)); then
     echo "$bin_root/tendermint-v0.34.24/tendermint"
 else
     echo "$bin_root/tendermint-v0.34.24/tendermint (NOT INSTALLED)"
 fi
+echo "$gopeer_bin"

@@ -938,3 +938,364 @@ pex = true
         assert!(p.ends_with(".cache/go-bin/tendermint-v0.34.24/tendermint"), "{}", p.display());
     }
 }
+
+pub use go_peer::{GoPeer, GoPeerConfig, GoPeerRole};
+
+/// [`GoPeer`]: our own small Go P2P node (`interop-tests/gopeer`, CometBFT v0.38.25's `p2p`
+/// package as a library) with a flood/sink reactor on one channel.
+mod go_peer {
+    use std::fs::File;
+    use std::io::{BufRead, BufReader, Read};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, anyhow, bail};
+    use serde_json::Value;
+    use tempfile::NamedTempFile;
+
+    use super::{INSTALL_HINT, STARTUP_TIMEOUT, START_ATTEMPTS, free_port, workspace_root};
+
+    /// Environment variable that overrides the gopeer binary's path.
+    const GOPEER_BIN_ENV: &str = "GOPEER_BIN";
+
+    /// Lines of the gopeer's stderr quoted in errors.
+    const STDERR_LINES: usize = 30;
+
+    /// What a [`GoPeer`] does with its first peer.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum GoPeerRole {
+        /// Sends `count` messages, then waits for the sink's acknowledgement.
+        Flood,
+        /// Receives and checks `count` messages, acknowledges, flushes and exits.
+        Sink,
+    }
+
+    impl GoPeerRole {
+        /// The `--role` value.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Self::Flood => "flood",
+                Self::Sink => "sink",
+            }
+        }
+    }
+
+    /// Command-line settings of a [`GoPeer`].
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct GoPeerConfig {
+        /// `--role`.
+        pub role: GoPeerRole,
+        /// `--chain-id`: the `network` of its NodeInfo; a peer must have the same.
+        pub chain_id: String,
+        /// `--channel`: the one channel it has (default 0x77).
+        pub channel: u8,
+        /// `--size`: encoded message size (the mempool `Txs` wrapper included), at least 16.
+        pub size: usize,
+        /// `--count`: messages to send or to expect.
+        pub count: u64,
+        /// `--unlimited`: send and receive rates 1e9 B/s instead of CometBFT's 5 120 000.
+        pub unlimited: bool,
+        /// `--dial <id>@host:port`, if any.
+        pub dial: Option<String>,
+        /// `--timeout`: the process gives up (with an error result) after this long.
+        pub timeout: Duration,
+        /// Further arguments, e.g. `["--max-packet-payload", "4096"]`.
+        pub extra_args: Vec<String>,
+    }
+
+    impl GoPeerConfig {
+        /// A configuration with channel 0x77, 1024-byte messages, 1000 of them, rate limits
+        /// off, no dial and a 5-minute timeout.
+        pub fn new(role: GoPeerRole, chain_id: impl Into<String>) -> Self {
+            Self {
+                role,
+                chain_id: chain_id.into(),
+                channel: 0x77,
+                size: 1024,
+                count: 1000,
+                unlimited: true,
+                dial: None,
+                timeout: Duration::from_secs(300),
+                extra_args: Vec::new(),
+            }
+        }
+    }
+
+    /// A running `gopeer` process listening on 127.0.0.1. Killed and waited for on drop.
+    ///
+    /// Its stdout is a stream of JSON lines (`ready`, then `result`); its stderr goes to a
+    /// temporary file, quoted in errors.
+    #[derive(Debug)]
+    pub struct GoPeer {
+        child: Option<Child>,
+        lines: Receiver<String>,
+        stderr: NamedTempFile,
+        node_id: String,
+        port: u16,
+        role: GoPeerRole,
+    }
+
+    impl GoPeer {
+        /// The directory the install script builds the current sources into:
+        /// `<workspace>/.cache/go-bin/gopeer-<first 16 hex digits of the sources' SHA-256>`.
+        ///
+        /// The hash covers `go.mod`, `go.sum` and the `*.go` files (in byte order of their
+        /// names) of `interop-tests/gopeer`, concatenated; it is computed with `sha256sum`,
+        /// as the script does.
+        pub fn default_dir() -> anyhow::Result<PathBuf> {
+            let src = workspace_root().join("interop-tests").join("gopeer");
+            let mut names: Vec<String> = std::fs::read_dir(&src)
+                .with_context(|| format!("listing {}", src.display()))?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".go"))
+                .collect();
+            names.sort();
+            let mut data = Vec::new();
+            for name in ["go.mod", "go.sum"].iter().map(|s| (*s).to_owned()).chain(names) {
+                let path = src.join(&name);
+                data.extend(
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                );
+            }
+            let hash = sha256_hex(&data)?;
+            let short = hash.get(..16).ok_or_else(|| anyhow!("short sha256sum output"))?;
+            Ok(workspace_root().join(".cache").join("go-bin").join(format!("gopeer-{short}")))
+        }
+
+        /// The binary to run: `$GOPEER_BIN` if set and not empty, else `gopeer` in
+        /// [`GoPeer::default_dir`]. Fails (with the install hint) if it does not exist, e.g.
+        /// because the sources changed since the last install.
+        pub fn binary_path() -> anyhow::Result<PathBuf> {
+            let path = match std::env::var_os(GOPEER_BIN_ENV) {
+                Some(p) if !p.is_empty() => PathBuf::from(p),
+                _ => Self::default_dir()?.join("gopeer"),
+            };
+            if !path.is_file() {
+                bail!(
+                    "gopeer not found at {} (built from the current sources?): {INSTALL_HINT}",
+                    path.display()
+                );
+            }
+            Ok(path)
+        }
+
+        /// Spawns the gopeer on a free port of 127.0.0.1 and waits (at most
+        /// [`STARTUP_TIMEOUT`]) for its `ready` line. If it dials, it does so after that line.
+        pub fn start(config: &GoPeerConfig) -> anyhow::Result<Self> {
+            let bin = Self::binary_path()?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let port = free_port()?;
+                match Self::spawn(&bin, config, port) {
+                    Ok(peer) => return Ok(peer),
+                    Err(e)
+                        if attempt < START_ATTEMPTS
+                            && format!("{e:#}").contains("address already in use") =>
+                    {
+                        eprintln!("gopeer: port {port} taken, retrying: {e:#}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+
+        fn spawn(bin: &Path, config: &GoPeerConfig, port: u16) -> anyhow::Result<Self> {
+            let stderr = NamedTempFile::with_prefix("gopeer-stderr-")
+                .context("creating the gopeer's stderr file")?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--role")
+                .arg(config.role.as_str())
+                .arg("--chain-id")
+                .arg(&config.chain_id)
+                .arg("--channel")
+                .arg(format!("{:#04x}", config.channel))
+                .arg("--size")
+                .arg(config.size.to_string())
+                .arg("--count")
+                .arg(config.count.to_string())
+                .arg("--timeout")
+                .arg(format!("{}ms", config.timeout.as_millis()));
+            if config.unlimited {
+                cmd.arg("--unlimited");
+            }
+            if let Some(dial) = &config.dial {
+                cmd.arg("--dial").arg(dial);
+            }
+            cmd.args(&config.extra_args);
+            let mut child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(stderr.reopen().context("opening the gopeer's stderr file")?)
+                .spawn()
+                .with_context(|| format!("spawning {}", bin.display()))?;
+            let stdout = child.stdout.take().ok_or_else(|| anyhow!("gopeer without stdout"))?;
+            let (tx, lines) = mpsc::channel();
+            thread::Builder::new()
+                .name("gopeer-stdout".to_owned())
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .context("spawning the gopeer stdout reader")?;
+            let mut peer = Self {
+                child: Some(child),
+                lines,
+                stderr,
+                node_id: String::new(),
+                port,
+                role: config.role,
+            };
+            let ready = peer.next_event("ready", STARTUP_TIMEOUT)?;
+            peer.node_id = ready
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("gopeer ready line without id: {ready}"))?
+                .to_owned();
+            Ok(peer)
+        }
+
+        /// The node ID (40 lowercase hex digits).
+        pub fn node_id(&self) -> &str {
+            &self.node_id
+        }
+
+        /// The listen port on 127.0.0.1.
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// `<id>@127.0.0.1:<port>`, for dialing it.
+        pub fn p2p_address(&self) -> String {
+            format!("{}@127.0.0.1:{}", self.node_id, self.port)
+        }
+
+        /// The role it was started with.
+        pub fn role(&self) -> GoPeerRole {
+            self.role
+        }
+
+        /// The OS process ID while it runs.
+        pub fn pid(&self) -> Option<u32> {
+            self.child.as_ref().map(Child::id)
+        }
+
+        /// Its stderr so far (invalid UTF-8 replaced).
+        pub fn stderr(&self) -> String {
+            let mut text = Vec::new();
+            let _ = File::open(self.stderr.path()).and_then(|mut f| f.read_to_end(&mut text));
+            String::from_utf8_lossy(&text).into_owned()
+        }
+
+        /// Waits for its `result` line and its exit; returns the result object
+        /// (`messages`, `bytes`, `seconds`, `cpu_seconds`, `peer`). An `error` in the result,
+        /// a non-zero exit or no result within `timeout` is an `Err` quoting its stderr.
+        pub fn wait_result(&mut self, timeout: Duration) -> anyhow::Result<Value> {
+            let result = self.next_event("result", timeout)?;
+            if let Some(error) = result.get("error").and_then(Value::as_str) {
+                bail!("gopeer {} failed: {error}\n{}", self.role.as_str(), self.stderr_tail());
+            }
+            // It exits right after printing the result.
+            if let Some(mut child) = self.child.take() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    if let Some(status) = child.try_wait()? {
+                        if !status.success() {
+                            bail!("gopeer exited with {status}\n{}", self.stderr_tail());
+                        }
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        bail!("gopeer did not exit after its result\n{}", self.stderr_tail());
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Ok(result)
+        }
+
+        /// The next JSON line whose `event` is `event`; other lines are skipped.
+        fn next_event(&mut self, event: &str, timeout: Duration) -> anyhow::Result<Value> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let line = match self.lines.recv_timeout(left) {
+                    Ok(line) => line,
+                    Err(RecvTimeoutError::Timeout) => {
+                        bail!("no gopeer {event} line within {timeout:?}\n{}", self.stderr_tail())
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                        self.child = None;
+                        bail!(
+                            "gopeer exited ({}) before its {event} line\n{}",
+                            status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string()),
+                            self.stderr_tail()
+                        )
+                    }
+                };
+                let value: Value = serde_json::from_str(&line)
+                    .with_context(|| format!("gopeer printed a non-JSON line: {line}"))?;
+                match value.get("event").and_then(Value::as_str) {
+                    Some(e) if e == event => return Ok(value),
+                    Some("result") => {
+                        bail!("gopeer result before its {event} line: {line}\n{}", self.stderr_tail())
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn stderr_tail(&self) -> String {
+            let text = self.stderr();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines.get(lines.len().saturating_sub(STDERR_LINES)..).unwrap_or_default();
+            format!("--- gopeer stderr (last {STDERR_LINES} lines) ---\n{}", tail.join("\n"))
+        }
+    }
+
+    impl Drop for GoPeer {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                // Fails only if it already exited; wait() reaps it either way.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// SHA-256 of `data` in hex, by `sha256sum` (coreutils), as the install script computes it.
+    fn sha256_hex(data: &[u8]) -> anyhow::Result<String> {
+        use std::io::Write as _;
+        let mut child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("running sha256sum")?;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("sha256sum without stdin"))?;
+        let data = data.to_vec();
+        let writer = thread::spawn(move || stdin.write_all(&data));
+        let output = child.wait_with_output().context("running sha256sum")?;
+        writer
+            .join()
+            .map_err(|_| anyhow!("sha256sum writer panicked"))?
+            .context("writing to sha256sum")?;
+        if !output.status.success() {
+            bail!("sha256sum failed: {}", output.status);
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        Ok(text.split_whitespace().next().unwrap_or_default().to_owned())
+    }
+}
