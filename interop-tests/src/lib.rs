@@ -956,7 +956,7 @@ mod go_peer {
     use serde_json::Value;
     use tempfile::NamedTempFile;
 
-    use super::{INSTALL_HINT, STARTUP_TIMEOUT, START_ATTEMPTS, free_port, workspace_root};
+    use super::{INSTALL_HINT, START_ATTEMPTS, STARTUP_TIMEOUT, free_port, workspace_root};
 
     /// Environment variable that overrides the gopeer binary's path.
     const GOPEER_BIN_ENV: &str = "GOPEER_BIN";
@@ -1250,7 +1250,10 @@ mod go_peer {
                 match value.get("event").and_then(Value::as_str) {
                     Some(e) if e == event => return Ok(value),
                     Some("result") => {
-                        bail!("gopeer result before its {event} line: {line}\n{}", self.stderr_tail())
+                        bail!(
+                            "gopeer result before its {event} line: {line}\n{}",
+                            self.stderr_tail()
+                        )
                     }
                     _ => {}
                 }
