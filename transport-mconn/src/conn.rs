@@ -41,10 +41,13 @@ use crate::secret::{
     Handshake, RecvCipher, SEALED_FRAME_SIZE, SecretError, SendCipher, parse_ephemeral,
 };
 
-/// Bytes of plaintext packets the driver produces per write (about 63 frames).
-const WRITE_CHUNK: usize = 64 * 1024;
-/// Bytes read from the socket at once.
-const READ_CHUNK: usize = 64 * 1024;
+/// Most plaintext bytes the driver packetises per write (about 250 frames).
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Most bytes read from the socket at once.
+const READ_CHUNK: usize = 256 * 1024;
+/// Buffer size an idle connection keeps: buffers grow under load and shrink back to this, so an
+/// idle connection costs a few KiB, not the ~1 MiB a busy one uses.
+const IDLE_BUFFER: usize = 16 * 1024;
 
 enum Command {
     Send(ChannelId, Bytes),
@@ -412,8 +415,10 @@ impl Driver {
     }
 
     async fn drive(&mut self) -> Ended {
-        let mut plain_out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK + 2048);
-        let mut cipher_out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK * 2);
+        let mut plain_out: Vec<u8> = Vec::new();
+        let mut cipher_out: Vec<u8> = Vec::new();
+        // Spare room offered to each read: doubles while reads fill it, up to READ_CHUNK.
+        let mut read_room = IDLE_BUFFER;
         let mut written = 0usize;
         // A received message waiting for room in the events queue (reading is paused meanwhile).
         let mut undelivered: Option<(ChannelId, Bytes)> = None;
@@ -512,8 +517,16 @@ impl Driver {
             // Keep polling commands while closing, to notice when every handle is dropped (a
             // close that timed out because the peer stopped reading).
             let accept_commands = commands_open && blocked.is_none();
+            // Idle: give memory back.
+            if written == cipher_out.len() && !self.mconn.wants_to_transmit() {
+                plain_out.shrink_to(IDLE_BUFFER);
+                cipher_out.shrink_to(IDLE_BUFFER);
+            }
+            if self.cipher_in.len() < SEALED_FRAME_SIZE && read_room == IDLE_BUFFER {
+                self.cipher_in.shrink_to(IDLE_BUFFER + SEALED_FRAME_SIZE);
+            }
             // Read straight into the ciphertext buffer (no intermediate copy).
-            self.cipher_in.reserve(READ_CHUNK);
+            self.cipher_in.reserve(read_room);
             let recv_blocked = blocked_until(&mut self.recv_limit, now);
             let reading = undelivered.is_none() && recv_blocked.is_none();
             let timeout = [
@@ -580,6 +593,7 @@ impl Driver {
                         Err(e) => return Ended::Failed(e.into()),
                     };
                     trace!(bytes = n, "read");
+                    read_room = if n >= read_room { (read_room * 2).min(READ_CHUNK) } else { IDLE_BUFFER.max(read_room / 2) };
                     if let Some(limit) = &mut self.recv_limit {
                         limit.consume(n, Instant::now());
                     }
