@@ -272,6 +272,7 @@ impl Connection for MConnConnection {
             send_limit: self.config.send_rate.map(|r| RateLimiter::new(r, Instant::now())),
             recv_limit: self.config.recv_rate.map(|r| RateLimiter::new(r, Instant::now())),
             write_stall_timeout: self.config.write_stall_timeout,
+            max_flush_delay: self.config.max_flush_delay,
         };
         tokio::spawn(driver.run());
         self.state = State::Running(Running {
@@ -346,6 +347,39 @@ struct Driver {
     send_limit: Option<RateLimiter>,
     recv_limit: Option<RateLimiter>,
     write_stall_timeout: Duration,
+    max_flush_delay: Duration,
+}
+
+/// Whether to packetise and write now, or hold a lone small message for company.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    Now,
+    At(Instant),
+}
+
+/// Flush batching with a bound: with `max_delay` zero (the default) output is written as soon as
+/// the socket takes it. Otherwise less than one frame of queued message data is held until more
+/// arrives or `max_delay` has passed since it was first held. A full frame, pings, pongs and a
+/// close are never held.
+fn flush_decision(
+    queued_bytes: usize,
+    closing: bool,
+    hold_since: &mut Option<Instant>,
+    now: Instant,
+    max_delay: Duration,
+) -> Flush {
+    let small = queued_bytes > 0 && queued_bytes < crate::secret::FRAME_DATA_SIZE;
+    if max_delay.is_zero() || !small || closing {
+        *hold_since = None;
+        return Flush::Now;
+    }
+    let since = *hold_since.get_or_insert(now);
+    if now >= since + max_delay {
+        *hold_since = None;
+        Flush::Now
+    } else {
+        Flush::At(since + max_delay)
+    }
 }
 
 /// A token bucket over bytes: `rate` bytes/s with a burst of a tenth of a second (at least
@@ -428,6 +462,7 @@ impl Driver {
         let mut commands_open = true;
         let mut paused = false;
         let mut stalled_since: Option<Instant> = None;
+        let mut hold_since: Option<Instant> = None;
         // Frames that arrived together with the end of the handshake.
         if let Err(e) = process_input(
             &mut self.cipher_in,
@@ -464,7 +499,14 @@ impl Driver {
             }
             // Produce more ciphertext once the previous batch is written.
             let send_blocked = blocked_until(&mut self.send_limit, now);
-            if written == cipher_out.len() && send_blocked.is_none() {
+            let flush = flush_decision(
+                self.mconn.queued_bytes(),
+                closing.is_some(),
+                &mut hold_since,
+                now,
+                self.max_flush_delay,
+            );
+            if written == cipher_out.len() && send_blocked.is_none() && flush == Flush::Now {
                 cipher_out.clear();
                 written = 0;
                 if self.mconn.wants_to_transmit() {
@@ -532,6 +574,10 @@ impl Driver {
             let timeout = [
                 self.mconn.poll_timeout().map(Instant::from_std),
                 stalled_since.map(|t| t + self.write_stall_timeout),
+                match flush {
+                    Flush::At(t) => Some(t),
+                    Flush::Now => None,
+                },
                 send_blocked.filter(|_| self.mconn.wants_to_transmit()),
                 recv_blocked,
             ]
@@ -642,6 +688,26 @@ fn process_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flush_batching_holds_a_lone_small_message_at_most_the_bound() {
+        let t0 = Instant::now();
+        let d = Duration::from_millis(100);
+        let mut hold = None;
+        // Default (zero bound): never hold.
+        assert_eq!(flush_decision(10, false, &mut hold, t0, Duration::ZERO), Flush::Now);
+        // A lone small message is held until the bound...
+        assert_eq!(flush_decision(10, false, &mut hold, t0, d), Flush::At(t0 + d));
+        let t1 = t0 + Duration::from_millis(60);
+        assert_eq!(flush_decision(500, false, &mut hold, t1, d), Flush::At(t0 + d));
+        // ...and no longer.
+        assert_eq!(flush_decision(500, false, &mut hold, t0 + d, d), Flush::Now);
+        assert_eq!(hold, None);
+        // A full frame, nothing queued (pings/pongs) or a close: at once.
+        assert_eq!(flush_decision(1024, false, &mut hold, t0, d), Flush::Now);
+        assert_eq!(flush_decision(0, false, &mut hold, t0, d), Flush::Now);
+        assert_eq!(flush_decision(10, true, &mut hold, t0, d), Flush::Now);
+    }
 
     #[test]
     fn rate_limiter_refills_at_its_rate_and_caps_the_burst() {

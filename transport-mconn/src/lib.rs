@@ -49,15 +49,25 @@ pub struct MConnConfig {
     /// How long the peer may take none of our bytes (its reactor is stalled, or it is gone)
     /// before the connection is dropped. The pong deadline is paused meanwhile. Default 120 s.
     pub write_stall_timeout: Duration,
+    /// Most time a lone small message (less than one 1024-byte frame) waits for company before
+    /// it is written. Default zero: output goes out as soon as the socket takes it, and messages
+    /// that are already queued together share writes anyway. Pings, pongs and full frames are
+    /// never held.
+    pub max_flush_delay: Duration,
 }
 
 impl MConnConfig {
-    /// CometBFT v0.38's defaults: `send_rate` and `recv_rate` 5 120 000 B/s, 1024-byte packet
-    /// payloads, 60 s pings with a 45 s pong timeout. Our default differs only in having no rate
-    /// limits: per-peer caps are a poor substitute for congestion control, and the router's
-    /// bounded queues already give backpressure.
+    /// CometBFT v0.38's defaults: `send_rate` and `recv_rate` 5 120 000 B/s, a 100 ms flush
+    /// throttle, 1024-byte packet payloads, 60 s pings with a 45 s pong timeout. Our default
+    /// differs in having no rate limits (per-peer caps are a poor substitute for congestion
+    /// control, and the router's bounded queues already give backpressure) and no flush delay.
     pub fn cometbft_defaults() -> Self {
-        Self { send_rate: Some(5_120_000), recv_rate: Some(5_120_000), ..Self::default() }
+        Self {
+            send_rate: Some(5_120_000),
+            recv_rate: Some(5_120_000),
+            max_flush_delay: Duration::from_millis(100),
+            ..Self::default()
+        }
     }
 }
 
@@ -72,6 +82,7 @@ impl Default for MConnConfig {
             send_rate: None,
             recv_rate: None,
             write_stall_timeout: Duration::from_secs(120),
+            max_flush_delay: Duration::ZERO,
         }
     }
 }
