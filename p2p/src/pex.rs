@@ -16,7 +16,8 @@
 //! parse. The rules below keep us clear of all of that:
 //!
 //! * **Asking.** An *outbound* peer is asked once right after it comes up (as Go does), and on
-//!   every tick ([`PexConfig::request_interval`]) one connected peer, drawn at random, is asked.
+//!   every tick ([`PexConfig::request_interval`]) one connected peer is asked: the one asked least
+//!   recently (never-asked peers first), drawn at random among ties.
 //!   Both only while we know fewer than [`PexConfig::want_addresses_below`] peers. A peer has at
 //!   most one request outstanding: it is not asked again until it answered (or reconnected), and
 //!   a tick only picks a peer last asked at least [`PexConfig::min_request_interval_per_peer`]
@@ -480,8 +481,8 @@ impl PexState {
         actions
     }
 
-    /// Does what is due at `now`: delayed answers, and the periodic request to one random
-    /// eligible peer. Call it at [`next_tick`](Self::next_tick) (calling it early is harmless).
+    /// Does what is due at `now`: delayed answers, and the periodic request to the least recently
+    /// asked eligible peer. Call it at [`next_tick`](Self::next_tick) (calling it early is harmless).
     pub fn on_tick(&mut self, now: Timestamp, known_peers: usize) -> Vec<PexAction> {
         self.start_clock(now);
         let mut actions = Vec::new();
@@ -502,13 +503,21 @@ impl PexState {
             self.next_request_at = Some(now + self.config.request_interval);
             if self.wants(known_peers) {
                 let spacing = self.config.min_request_interval_per_peer;
-                let eligible: Vec<NodeId> = (self.peers.iter())
+                let eligible: Vec<(NodeId, Option<Timestamp>)> = (self.peers.iter())
                     .filter(|(_, s)| {
                         s.connected
                             && !s.outstanding
                             && s.last_requested.is_none_or(|t| now.saturating_sub(t) >= spacing)
                     })
-                    .map(|(id, _)| *id)
+                    .map(|(id, s)| (*id, s.last_requested))
+                    .collect();
+                // Ask the peer asked least recently (never-asked peers first), so every peer's
+                // view is sampled in turn; random among ties.
+                let oldest = eligible.iter().map(|(_, t)| *t).min();
+                let eligible: Vec<NodeId> = eligible
+                    .into_iter()
+                    .filter(|(_, t)| Some(*t) == oldest)
+                    .map(|(id, _)| id)
                     .collect();
                 if !eligible.is_empty() {
                     let pick = self.rng.random_range(0..eligible.len());
@@ -841,7 +850,7 @@ mod tests {
     }
 
     #[test]
-    fn ticks_ask_one_random_peer_spaced_per_peer() {
+    fn ticks_ask_the_least_recently_asked_peer_spaced_per_peer() {
         let mut s = state();
         for n in 1..=3 {
             assert!(s.peer_up(id(n), Direction::Inbound, t(0), 5).is_empty());
@@ -866,8 +875,15 @@ mod tests {
             assert!(a.is_empty(), "{a:?}");
         }
         for n in 1..=3 {
-            assert!(seen.contains(&id(n)), "random picks reach every peer: {seen:?}");
+            assert!(seen.contains(&id(n)), "picks reach every peer: {seen:?}");
         }
+        // Least recently asked first: the first three ticks ask three different peers, and
+        // the picks then rotate.
+        let mut first: Vec<NodeId> = seen[..3].to_vec();
+        first.sort();
+        first.dedup();
+        assert_eq!(first.len(), 3, "{seen:?}");
+        assert_eq!(seen[3..6], seen[..3], "rotation: {seen:?}");
         // The same seed gives the same picks.
         let mut again = state();
         for n in 1..=3 {
