@@ -33,8 +33,10 @@ use tokio::task::JoinHandle;
 const T: Duration = Duration::from_secs(30);
 /// How long both connections are watched.
 const WINDOW: Duration = Duration::from_secs(40);
-/// Go's first `ensurePeers` tick comes 0–30 s after start, the next 30 s later.
-const GO_TICK_WAIT: Duration = Duration::from_secs(45);
+/// Go's `ensurePeers` runs first after a random 0-30 s and then every 30 s, asking one random
+/// peer each time: a peer that connected just after the first tick is asked up to ~60 s after
+/// the Go node started. Polling bound, not a sleep.
+const GO_TICK_WAIT: Duration = Duration::from_secs(75);
 /// Go logs the node's own PEX module at debug level too.
 const LOG_LEVEL: &str = "p2p:debug,pex:debug,*:info";
 
