@@ -31,6 +31,9 @@ fn rust_dials_go(binary: GoBinary) {
     );
 
     // Go → Rust: a transaction submitted to Go's RPC is gossiped to the Rust node on 0x30.
+    // Go sends a tx only to peers whose consensus height is ≥ the tx's height - 1: submitting
+    // it at height ≥ 3 proves the Rust node's height announcements work.
+    go.wait_for_height(3, T).unwrap();
     go.broadcast_tx_sync(b"go2rust=1").unwrap();
     assert_eq!(rust.wait_tx(b"go2rust=1", T), peer);
 
@@ -74,6 +77,7 @@ fn go_dials_rust(binary: GoBinary) {
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0].direction, p2p::Direction::Inbound);
     assert_eq!(summary[0].node_info.network, chain);
+    go.wait_for_height(3, T).unwrap();
     go.broadcast_tx_sync(b"inbound=1").unwrap();
     assert_eq!(rust.wait_tx(b"inbound=1", T), peer);
     rust.stop();

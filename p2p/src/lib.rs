@@ -13,6 +13,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod address;
+pub mod consensus;
 pub mod echo;
 pub mod key;
 pub mod mempool;

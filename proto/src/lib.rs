@@ -60,6 +60,19 @@ pub mod tendermint {
     pub mod mempool {
         include!("generated/tendermint.mempool.rs");
     }
+
+    #[allow(
+        missing_docs,
+        missing_debug_implementations,
+        unreachable_pub,
+        unused_qualifications,
+        clippy::all,
+        clippy::pedantic,
+        clippy::nursery
+    )]
+    pub mod consensus {
+        include!("generated/tendermint.consensus.rs");
+    }
 }
 
 /// This project's own protobuf packages.

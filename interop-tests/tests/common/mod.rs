@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use p2p::consensus::{HeightMirror, consensus_state_channel_descriptor, run_height_announcer};
 use p2p::mempool::{Txs, mempool_channel_descriptor};
 use p2p::{
     Channel, ChannelId, NodeAddress, NodeId, NodeInfo, NodeKey, PeerManagerConfig, PeerStatus,
@@ -47,6 +48,10 @@ impl RustNode {
             let txs = router
                 .open_channel::<Txs>(mempool_channel_descriptor(p2p::mempool::DEFAULT_MAX_TX_BYTES))
                 .unwrap();
+            // Go gossips a mempool tx only to peers whose consensus height is at least the tx's
+            // height - 1: announce the height our peers are at.
+            let consensus = router.open_channel(consensus_state_channel_descriptor()).unwrap();
+            tokio::spawn(run_height_announcer(consensus, router.subscribe(), HeightMirror::new()));
             let updates = router.subscribe();
             router.start().unwrap();
             (router, updates, txs, id, port)
