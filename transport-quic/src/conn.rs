@@ -1,0 +1,561 @@
+//! [`QuicConnection`]: one QUIC connection carrying the `p2p-quic/1` protocol (see the crate
+//! documentation).
+//!
+//! After the handshake a connection runs these tasks:
+//! * one *writer* per channel we send on, spawned on the first send: it owns the channel's
+//!   unidirectional stream and is fed through a one-message queue, so [`Connection::send`] is
+//!   cancel-safe (a message is either queued whole or not at all) and waits while QUIC flow
+//!   control holds the stream;
+//! * one *accept loop* that accepts the peer's unidirectional streams and watches the control
+//!   stream for the peer's close;
+//! * one *reader* per accepted stream, delivering messages to a bounded queue read by
+//!   [`Connection::receive`] (a full queue stops the readers: backpressure to the peer).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use p2p::router::ChannelDescriptor;
+use p2p::{
+    ChannelId, Connection, ConnectionError, Endpoint, HandshakeError, MAX_NODE_INFO_SIZE, NodeInfo,
+    NodeKey,
+};
+use quinn::{ReadExactError, RecvStream, SendStream, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::debug;
+
+use crate::{QuicConfig, error_code, identity};
+
+/// Most bytes a peer may write on the control stream after its NodeInfo.
+const CONTROL_TAIL_LIMIT: usize = 1024;
+
+/// A failure and the application error code to close the connection with (0: do not close,
+/// the connection is already gone).
+type Failure = (ConnectionError, u32);
+
+enum Pending {
+    Inbound(Box<quinn::Incoming>),
+    Outbound(quinn::Connecting),
+}
+
+struct Writers {
+    closing: bool,
+    queues: HashMap<u8, mpsc::Sender<Bytes>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Running {
+    conn: quinn::Connection,
+    priorities: HashMap<u8, u8>,
+    writers: Mutex<Writers>,
+    events: tokio::sync::Mutex<mpsc::Receiver<(ChannelId, Bytes)>>,
+    failure: Arc<Mutex<Option<ConnectionError>>>,
+    control: tokio::sync::Mutex<Option<SendStream>>,
+}
+
+enum State {
+    Pending(Pending),
+    Running(Box<Running>),
+    Failed,
+}
+
+/// A QUIC connection. Created by [`crate::QuicTransport`]; usable after
+/// [`Connection::handshake`], which also completes the QUIC/TLS handshake.
+pub struct QuicConnection {
+    state: State,
+    local: Endpoint,
+    remote: Endpoint,
+    config: QuicConfig,
+}
+
+impl fmt::Debug for QuicConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicConnection")
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for QuicConnection {
+    fn drop(&mut self) {
+        if let State::Running(r) = &self.state {
+            // The background tasks hold handles too; without this the keep-alives would keep
+            // an abandoned connection open.
+            r.conn.close(VarInt::from_u32(error_code::NO_ERROR), b"dropped");
+        }
+    }
+}
+
+impl QuicConnection {
+    pub(crate) fn inbound(
+        incoming: quinn::Incoming,
+        local: Endpoint,
+        remote: Endpoint,
+        config: QuicConfig,
+    ) -> Self {
+        Self { state: State::Pending(Pending::Inbound(Box::new(incoming))), local, remote, config }
+    }
+
+    pub(crate) fn outbound(
+        connecting: quinn::Connecting,
+        local: Endpoint,
+        remote: Endpoint,
+        config: QuicConfig,
+    ) -> Self {
+        Self { state: State::Pending(Pending::Outbound(connecting)), local, remote, config }
+    }
+
+    fn running(&self) -> Result<&Running, ConnectionError> {
+        match &self.state {
+            State::Running(r) => Ok(r),
+            _ => Err(ConnectionError::Closed),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn set_failure(failure: &Mutex<Option<ConnectionError>>, e: ConnectionError) {
+    lock(failure).get_or_insert(e);
+}
+
+/// Maps a quinn connection error to ours: a normal close is [`ConnectionError::Closed`]; an
+/// error close by the peer, a timeout or a transport error is an I/O error (the router does not
+/// blame the peer for those).
+fn conn_err(e: quinn::ConnectionError) -> ConnectionError {
+    use std::io::{Error, ErrorKind};
+    match e {
+        quinn::ConnectionError::LocallyClosed => ConnectionError::Closed,
+        quinn::ConnectionError::ApplicationClosed(ref c)
+            if c.error_code == VarInt::from_u32(error_code::NO_ERROR) =>
+        {
+            ConnectionError::Closed
+        }
+        quinn::ConnectionError::ApplicationClosed(c) => ConnectionError::Io(Error::new(
+            ErrorKind::ConnectionAborted,
+            format!(
+                "peer closed the connection with error code {}: {}",
+                c.error_code,
+                String::from_utf8_lossy(&c.reason)
+            ),
+        )),
+        quinn::ConnectionError::TimedOut => {
+            ConnectionError::Io(Error::new(ErrorKind::TimedOut, "QUIC connection timed out"))
+        }
+        e => ConnectionError::Io(Error::new(ErrorKind::ConnectionAborted, e.to_string())),
+    }
+}
+
+fn handshake_err(e: quinn::ConnectionError) -> HandshakeError {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match &e {
+        quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
+            HandshakeError::Authentication(format!("TLS handshake failed: {e}"))
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
+            HandshakeError::Authentication(format!("peer rejected the TLS handshake: {e}"))
+        }
+        _ => HandshakeError::Connection(conn_err(e)),
+    }
+}
+
+fn read_err(e: quinn::ReadError) -> Failure {
+    match e {
+        quinn::ReadError::ConnectionLost(e) => (conn_err(e), 0),
+        quinn::ReadError::Reset(code) => (
+            ConnectionError::Protocol(format!("peer reset a stream (code {code})")),
+            error_code::PROTOCOL_VIOLATION,
+        ),
+        e => (ConnectionError::Protocol(e.to_string()), error_code::PROTOCOL_VIOLATION),
+    }
+}
+
+fn write_err(e: quinn::WriteError) -> Failure {
+    match e {
+        quinn::WriteError::ConnectionLost(e) => (conn_err(e), 0),
+        quinn::WriteError::Stopped(code) => (
+            ConnectionError::Protocol(format!("peer stopped a stream (code {code})")),
+            error_code::PROTOCOL_VIOLATION,
+        ),
+        e => (ConnectionError::Protocol(e.to_string()), error_code::PROTOCOL_VIOLATION),
+    }
+}
+
+fn protocol(msg: impl Into<String>) -> Failure {
+    (ConnectionError::Protocol(msg.into()), error_code::PROTOCOL_VIOLATION)
+}
+
+fn encode_uvarint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads a uvarint; `Ok(None)` if the stream ended cleanly before its first byte.
+async fn read_uvarint(stream: &mut RecvStream) -> Result<Option<u64>, Failure> {
+    let mut value: u64 = 0;
+    for i in 0..10 {
+        let mut byte = [0u8; 1];
+        match stream.read_exact(&mut byte).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(_)) if i == 0 => return Ok(None),
+            Err(ReadExactError::FinishedEarly(_)) => {
+                return Err(protocol("stream ended inside a length prefix"));
+            }
+            Err(ReadExactError::ReadError(e)) => return Err(read_err(e)),
+        }
+        let [b] = byte;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some(value));
+        }
+    }
+    Err(protocol("malformed length prefix"))
+}
+
+/// Reads exactly `len` bytes (the length was checked against its limit by the caller).
+async fn read_body(stream: &mut RecvStream, len: usize) -> Result<Vec<u8>, Failure> {
+    let mut body = vec![0u8; len];
+    match stream.read_exact(&mut body).await {
+        Ok(()) => Ok(body),
+        Err(ReadExactError::FinishedEarly(n)) => {
+            Err(protocol(format!("stream ended after {n} of {len} message bytes")))
+        }
+        Err(ReadExactError::ReadError(e)) => Err(read_err(e)),
+    }
+}
+
+fn failure_to_handshake(f: Failure) -> HandshakeError {
+    match f {
+        (e, 0) => HandshakeError::Connection(e),
+        (e, _) => HandshakeError::Protocol(e.to_string()),
+    }
+}
+
+/// Writes our NodeInfo on the control stream and reads the peer's.
+async fn exchange_node_info(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    local_info: &NodeInfo,
+) -> Result<NodeInfo, HandshakeError> {
+    let body = local_info.encode_to_vec();
+    let mut out = Vec::with_capacity(body.len() + 2);
+    encode_uvarint(body.len() as u64, &mut out);
+    out.extend_from_slice(&body);
+    send.write_all(&out).await.map_err(|e| failure_to_handshake(write_err(e)))?;
+    let len = read_uvarint(recv)
+        .await
+        .map_err(failure_to_handshake)?
+        .ok_or(HandshakeError::Connection(ConnectionError::Closed))?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > MAX_NODE_INFO_SIZE {
+        return Err(HandshakeError::Protocol(format!(
+            "NodeInfo of {len} bytes exceeds the limit of {MAX_NODE_INFO_SIZE} bytes"
+        )));
+    }
+    let body = read_body(recv, len).await.map_err(failure_to_handshake)?;
+    Ok(NodeInfo::decode(&body)?)
+}
+
+fn peer_key(conn: &quinn::Connection) -> Result<VerifyingKey, HandshakeError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| HandshakeError::Authentication("peer presented no certificate".into()))?;
+    let peer = identity::peer_node_id(&certs)
+        .map_err(|e| HandshakeError::Authentication(e.to_string()))?;
+    Ok(peer.public_key)
+}
+
+#[async_trait]
+impl Connection for QuicConnection {
+    async fn handshake(
+        &mut self,
+        local_info: &NodeInfo,
+        _key: &NodeKey,
+        channels: &[ChannelDescriptor],
+    ) -> Result<(NodeInfo, VerifyingKey), HandshakeError> {
+        let State::Pending(pending) = std::mem::replace(&mut self.state, State::Failed) else {
+            return Err(HandshakeError::Protocol("handshake already done".into()));
+        };
+        // The TLS handshake (our key was bound into the endpoint's certificate).
+        let (conn, dialer) = match pending {
+            Pending::Inbound(incoming) => {
+                let connecting = incoming.accept().map_err(handshake_err)?;
+                (connecting.await.map_err(handshake_err)?, false)
+            }
+            Pending::Outbound(connecting) => (connecting.await.map_err(handshake_err)?, true),
+        };
+        let result = async {
+            let peer_key = peer_key(&conn)?;
+            let (mut send, mut recv) = if dialer {
+                conn.open_bi().await.map_err(|e| HandshakeError::Connection(conn_err(e)))?
+            } else {
+                conn.accept_bi().await.map_err(|e| HandshakeError::Connection(conn_err(e)))?
+            };
+            let peer_info = exchange_node_info(&mut send, &mut recv, local_info).await?;
+            Ok::<_, HandshakeError>((peer_key, peer_info, send, recv))
+        }
+        .await;
+        let (peer_key, peer_info, control_send, control_recv) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                let code = match e {
+                    HandshakeError::Connection(_) => error_code::NO_ERROR,
+                    _ => error_code::PROTOCOL_VIOLATION,
+                };
+                conn.close(VarInt::from_u32(code), b"handshake failed");
+                return Err(e);
+            }
+        };
+
+        let limits: Arc<HashMap<u8, usize>> =
+            Arc::new(channels.iter().map(|d| (d.id.0, d.max_message_size)).collect());
+        let (events_tx, events_rx) = mpsc::channel(self.config.receive_queue.max(1));
+        let failure = Arc::new(Mutex::new(None));
+        tokio::spawn(accept_loop(conn.clone(), control_recv, limits, events_tx, failure.clone()));
+        self.state = State::Running(Box::new(Running {
+            conn,
+            priorities: channels.iter().map(|d| (d.id.0, d.priority)).collect(),
+            writers: Mutex::new(Writers {
+                closing: false,
+                queues: HashMap::new(),
+                tasks: Vec::new(),
+            }),
+            events: tokio::sync::Mutex::new(events_rx),
+            failure,
+            control: tokio::sync::Mutex::new(Some(control_send)),
+        }));
+        Ok((peer_info, peer_key))
+    }
+
+    async fn send(&self, channel: ChannelId, message: Bytes) -> Result<(), ConnectionError> {
+        let running = self.running()?;
+        let queue = {
+            let mut writers = lock(&running.writers);
+            if writers.closing {
+                return Err(ConnectionError::Closed);
+            }
+            match writers.queues.get(&channel.0) {
+                Some(q) => q.clone(),
+                None => {
+                    let (tx, rx) = mpsc::channel(1);
+                    let priority = running.priorities.get(&channel.0).copied().unwrap_or(0);
+                    let task = tokio::spawn(writer(
+                        running.conn.clone(),
+                        channel.0,
+                        i32::from(priority),
+                        rx,
+                        running.failure.clone(),
+                        self.config.close_timeout,
+                    ));
+                    writers.tasks.push(task);
+                    writers.queues.insert(channel.0, tx.clone());
+                    tx
+                }
+            }
+        };
+        queue.send(message).await.map_err(|_| ConnectionError::Closed)
+    }
+
+    async fn receive(&self) -> Result<(ChannelId, Bytes), ConnectionError> {
+        let running = self.running()?;
+        let next = running.events.lock().await.recv().await;
+        next.ok_or_else(|| lock(&running.failure).take().unwrap_or(ConnectionError::Closed))
+    }
+
+    fn local_endpoint(&self) -> Endpoint {
+        self.local.clone()
+    }
+
+    fn remote_endpoint(&self) -> Endpoint {
+        self.remote.clone()
+    }
+
+    async fn close(&self) {
+        let Ok(running) = self.running() else { return };
+        let deadline = tokio::time::Instant::now() + self.config.close_timeout;
+        let tasks = {
+            let mut writers = lock(&running.writers);
+            writers.closing = true;
+            // Dropping the queues lets each writer finish its stream once it has written what
+            // it holds and the peer has acknowledged it.
+            writers.queues.clear();
+            std::mem::take(&mut writers.tasks)
+        };
+        let flushed = tokio::time::timeout_at(deadline, async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            debug!(remote = %self.remote, "QUIC close: streams not flushed in time");
+        }
+        if let Some(mut control) = running.control.lock().await.take() {
+            // Tells the peer we are closing; it closes the connection once it has read all.
+            let _ = control.finish();
+            let _ = tokio::time::timeout_at(deadline, running.conn.closed()).await;
+        }
+        running.conn.close(VarInt::from_u32(error_code::NO_ERROR), b"bye");
+    }
+}
+
+/// Owns one channel's outbound stream.
+async fn writer(
+    conn: quinn::Connection,
+    channel: u8,
+    priority: i32,
+    mut queue: mpsc::Receiver<Bytes>,
+    failure: Arc<Mutex<Option<ConnectionError>>>,
+    close_timeout: Duration,
+) {
+    let result = async {
+        let mut stream = conn.open_uni().await.map_err(|e| (conn_err(e), 0))?;
+        let _ = stream.set_priority(priority);
+        stream.write_all(&[channel]).await.map_err(write_err)?;
+        let mut prefix = Vec::with_capacity(10);
+        while let Some(message) = queue.recv().await {
+            prefix.clear();
+            encode_uvarint(message.len() as u64, &mut prefix);
+            let mut chunks = [Bytes::copy_from_slice(&prefix), message];
+            stream.write_all_chunks(&mut chunks).await.map_err(write_err)?;
+        }
+        let _ = stream.finish();
+        let _ = tokio::time::timeout(close_timeout, stream.stopped()).await;
+        Ok::<_, Failure>(())
+    }
+    .await;
+    if let Err((e, code)) = result {
+        debug!(channel, error = %e, "QUIC stream writer failed");
+        queue.close();
+        fail(&conn, &failure, e, code);
+    }
+}
+
+fn fail(
+    conn: &quinn::Connection,
+    failure: &Mutex<Option<ConnectionError>>,
+    e: ConnectionError,
+    code: u32,
+) {
+    let reason = e.to_string();
+    set_failure(failure, e);
+    if code != error_code::NO_ERROR {
+        conn.close(VarInt::from_u32(code), reason.as_bytes());
+    }
+}
+
+/// Accepts the peer's channel streams; when the peer finishes the control stream (it is
+/// closing), reads every stream to its end and then closes the connection.
+async fn accept_loop(
+    conn: quinn::Connection,
+    mut control: RecvStream,
+    limits: Arc<HashMap<u8, usize>>,
+    events: mpsc::Sender<(ChannelId, Bytes)>,
+    failure: Arc<Mutex<Option<ConnectionError>>>,
+) {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let mut readers = JoinSet::new();
+    let spawn = |readers: &mut JoinSet<()>, stream: RecvStream| {
+        readers.spawn(reader(
+            stream,
+            conn.clone(),
+            limits.clone(),
+            seen.clone(),
+            events.clone(),
+            failure.clone(),
+        ));
+    };
+    let control_end = control.read_to_end(CONTROL_TAIL_LIMIT);
+    tokio::pin!(control_end);
+    loop {
+        tokio::select! {
+            biased;
+            s = conn.accept_uni() => match s {
+                Ok(stream) => spawn(&mut readers, stream),
+                Err(e) => {
+                    set_failure(&failure, conn_err(e));
+                    return;
+                }
+            },
+            r = &mut control_end => match r {
+                Ok(_) => break,
+                Err(quinn::ReadToEndError::Read(e)) => {
+                    let (e, code) = read_err(e);
+                    fail(&conn, &failure, e, code);
+                    return;
+                }
+                Err(e) => {
+                    let (e, code) = protocol(format!("control stream: {e}"));
+                    fail(&conn, &failure, e, code);
+                    return;
+                }
+            },
+            Some(_) = readers.join_next() => {}
+        }
+    }
+    // The peer is closing: take the streams that already arrived, read them to their end.
+    while let Ok(Ok(stream)) = tokio::time::timeout(Duration::ZERO, conn.accept_uni()).await {
+        spawn(&mut readers, stream);
+    }
+    while readers.join_next().await.is_some() {}
+    conn.close(VarInt::from_u32(error_code::NO_ERROR), b"bye");
+}
+
+/// Reads one channel stream of the peer.
+async fn reader(
+    mut stream: RecvStream,
+    conn: quinn::Connection,
+    limits: Arc<HashMap<u8, usize>>,
+    seen: Arc<Mutex<HashSet<u8>>>,
+    events: mpsc::Sender<(ChannelId, Bytes)>,
+    failure: Arc<Mutex<Option<ConnectionError>>>,
+) {
+    let result = async {
+        let mut first = [0u8; 1];
+        match stream.read_exact(&mut first).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(_)) => return Ok(()),
+            Err(ReadExactError::ReadError(e)) => return Err(read_err(e)),
+        }
+        let [ch] = first;
+        let channel = ChannelId(ch);
+        let Some(&max) = limits.get(&ch) else {
+            return Err((ConnectionError::UnknownChannel(channel), error_code::UNKNOWN_CHANNEL));
+        };
+        if !lock(&seen).insert(ch) {
+            return Err(protocol(format!("second stream for channel {channel}")));
+        }
+        loop {
+            let Some(len) = read_uvarint(&mut stream).await? else { return Ok(()) };
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > max {
+                return Err((
+                    ConnectionError::MessageTooLarge { channel, size: len, max },
+                    error_code::MESSAGE_TOO_LARGE,
+                ));
+            }
+            let body = read_body(&mut stream, len).await?;
+            if events.send((channel, Bytes::from(body))).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    if let Err((e, code)) = result {
+        debug!(error = %e, "QUIC stream reader failed");
+        fail(&conn, &failure, e, code);
+    }
+}
