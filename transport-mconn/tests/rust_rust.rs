@@ -8,6 +8,7 @@ use std::time::Duration;
 use p2p::Transport as _;
 use p2p::echo::{Echo, echo_channel_descriptor};
 use p2p::mempool::{Txs, mempool_channel_descriptor};
+use p2p::router::OverflowPolicy;
 use p2p::{
     Channel, ChannelId, NodeAddress, NodeInfo, NodeKey, Outbound, PeerManagerConfig, PeerStatus,
     PeerUpdates, Protocol, Router, RouterConfig,
@@ -40,7 +41,12 @@ async fn node_with(moniker: &str, network: &str, config: MConnConfig) -> Node {
     router.add_transport(Arc::new(transport)).unwrap();
     let echo = router.open_channel::<Echo>(echo_channel_descriptor()).unwrap();
     let txs = router
-        .open_channel::<Txs>(mempool_channel_descriptor(8 << 20).with_queue_capacity(64, 64))
+        .open_channel::<Txs>(
+            // `Wait`: a full queue makes `send` await room (backpressure), so nothing is dropped.
+            mempool_channel_descriptor(8 << 20)
+                .with_queue_capacity(64, 64)
+                .with_overflow(OverflowPolicy::Wait(T)),
+        )
         .unwrap();
     let updates = router.subscribe();
     router.start().unwrap();
@@ -82,13 +88,8 @@ async fn messages_small_and_large_cross_mconn() {
             for round in 0..20u8 {
                 for &n in &sizes {
                     let body = vec![round.wrapping_add(n as u8); n];
-                    loop {
-                        match tx.send(Outbound::to(to, Txs(vec![body.clone()]))).await {
-                            Ok(o) if o.queued == 1 => break,
-                            // Queue full (DropNewest): give the writer a moment and retry.
-                            _ => tokio::task::yield_now().await,
-                        }
-                    }
+                    let out = tx.send(Outbound::to(to, Txs(vec![body]))).await.unwrap();
+                    assert_eq!(out.queued, 1);
                 }
             }
         })
@@ -161,9 +162,8 @@ async fn rate_limited_connections_still_deliver_everything_in_order() {
     let sender = tokio::spawn(async move {
         for i in 0..40u32 {
             let body = vec![i as u8; 64 * 1024];
-            while tx.send(Outbound::to(to, Txs(vec![body.clone()]))).await.unwrap().queued == 0 {
-                tokio::task::yield_now().await;
-            }
+            let out = tx.send(Outbound::to(to, Txs(vec![body]))).await.unwrap();
+            assert_eq!(out.queued, 1);
         }
     });
     for i in 0..40u32 {
@@ -193,9 +193,8 @@ async fn slow_reactor_does_not_kill_liveness() {
     let sender = tokio::spawn(async move {
         for i in 0..N {
             let body = vec![i as u8; 64 * 1024];
-            while tx.send(Outbound::to(to, Txs(vec![body.clone()]))).await.unwrap().queued == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let out = tx.send(Outbound::to(to, Txs(vec![body]))).await.unwrap();
+            assert_eq!(out.queued, 1);
         }
     });
     // The reactor is "busy" (not reading) for 3 s: ten pong timeouts.

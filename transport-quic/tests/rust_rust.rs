@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use p2p::echo::{Echo, echo_channel_descriptor};
 use p2p::mempool::{MEMPOOL_CHANNEL, Txs, mempool_channel_descriptor};
-use p2p::router::ChannelDescriptor;
+use p2p::router::{ChannelDescriptor, OverflowPolicy};
 use p2p::{
     Channel, ChannelId, NodeAddress, NodeInfo, NodeKey, Outbound, PeerManagerConfig, PeerStatus,
     PeerUpdates, Protocol, Router, RouterConfig, Transport as _,
@@ -40,9 +40,14 @@ async fn node_with(moniker: &str, network: &str, echo: ChannelDescriptor, max_tx
         Router::new(key, info, RouterConfig::default(), PeerManagerConfig::default(), None)
             .unwrap();
     router.add_transport(Arc::new(transport)).unwrap();
-    let echo = router.open_channel::<Echo>(echo).unwrap();
+    // `Wait`: a full queue makes `send` await room (backpressure), so nothing is dropped.
+    let echo = router.open_channel::<Echo>(echo.with_overflow(OverflowPolicy::Wait(T))).unwrap();
     let txs = router
-        .open_channel::<Txs>(mempool_channel_descriptor(max_tx).with_queue_capacity(64, 64))
+        .open_channel::<Txs>(
+            mempool_channel_descriptor(max_tx)
+                .with_queue_capacity(64, 64)
+                .with_overflow(OverflowPolicy::Wait(T)),
+        )
         .unwrap();
     let updates = router.subscribe();
     router.start().unwrap();
@@ -66,13 +71,8 @@ async fn connect(a: &mut Node, b: &mut Node) {
 }
 
 async fn send_tx(tx: &p2p::router::ChannelSender<Txs>, to: p2p::NodeId, body: Vec<u8>) {
-    loop {
-        match tx.send(Outbound::to(to, Txs(vec![body.clone()]))).await {
-            Ok(o) if o.queued == 1 => break,
-            // Queue full (DropNewest): give the writer a moment and retry.
-            _ => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
+    let out = tx.send(Outbound::to(to, Txs(vec![body]))).await.unwrap();
+    assert_eq!(out.queued, 1);
 }
 
 fn received(router: &Router, ch: ChannelId) -> u64 {
@@ -139,13 +139,8 @@ async fn two_channels_concurrently_in_both_directions() {
         });
         let pings = tokio::spawn(async move {
             for i in 0..N {
-                loop {
-                    let o = echo.send(Outbound::to(to, Echo::Ping(i.to_string()))).await.unwrap();
-                    if o.queued == 1 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+                let o = echo.send(Outbound::to(to, Echo::Ping(i.to_string()))).await.unwrap();
+                assert_eq!(o.queued, 1);
             }
         });
         (txs, pings)
