@@ -156,7 +156,9 @@ pub enum IdentityError {
     #[error("malformed libp2p PublicKey: {0}")]
     MalformedPublicKey(&'static str),
     /// The host key is not ed25519 (libp2p `KeyType` 0 = RSA, 2 = secp256k1, 3 = ECDSA).
-    #[error("unsupported key type {key_type} in the libp2p public key; only ed25519 (1) is")]
+    #[error(
+        "unsupported key type {key_type} in the libp2p public key; only ed25519 (type 1) is supported"
+    )]
     UnsupportedKeyType {
         /// The libp2p `KeyType` number.
         key_type: u64,
