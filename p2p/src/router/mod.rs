@@ -714,13 +714,9 @@ impl Drop for Router {
     }
 }
 
-type LoopFuture = Pin<Box<dyn Future<Output = LoopEnd> + Send>>;
-
-#[derive(Debug, PartialEq, Eq)]
-enum LoopEnd {
-    /// The loop finished for good (router stopping, transport closed).
-    Done,
-}
+/// A router loop; it returns only when it is finished for good (router stopping, transport
+/// closed). A panic is restarted by [`supervise`].
+type LoopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 async fn supervise_all(shared: Arc<Shared>, transports: Vec<Arc<dyn Transport>>) {
     let mut set = tokio::task::JoinSet::new();
@@ -759,7 +755,7 @@ async fn supervise(
             return;
         }
         match result {
-            Ok(LoopEnd::Done) => return,
+            Ok(()) => return,
             Err(e) if e.is_panic() => error!(loop = name, "router loop panicked; restarting"),
             Err(_) => return,
         }
@@ -773,16 +769,16 @@ async fn supervise(
     }
 }
 
-async fn dial_loop(shared: Arc<Shared>) -> LoopEnd {
+async fn dial_loop(shared: Arc<Shared>) {
     let permits = Arc::new(Semaphore::new(shared.config.dial_concurrency.max(1)));
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         if shared.is_stopped() {
-            return LoopEnd::Done;
+            return;
         }
         let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return LoopEnd::Done },
-            _ = shutdown.wait_for(|s| *s) => return LoopEnd::Done,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.wait_for(|s| *s) => return,
         };
         let (next, wake_at) =
             shared.with_pm_quiet(|pm, now| (pm.dial_next(now), pm.next_dial_at()));
@@ -809,7 +805,7 @@ async fn dial_loop(shared: Arc<Shared>) -> LoopEnd {
         tokio::select! {
             _ = shared.dial_wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
-            _ = shutdown.wait_for(|s| *s) => return LoopEnd::Done,
+            _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }
@@ -936,14 +932,14 @@ fn check_peer(
     Ok(())
 }
 
-async fn accept_loop(shared: Arc<Shared>, transport: Arc<dyn Transport>) -> LoopEnd {
+async fn accept_loop(shared: Arc<Shared>, transport: Arc<dyn Transport>) {
     let pending = Arc::new(Semaphore::new(shared.config.max_pending_handshakes.max(1)));
     let mut shutdown = shared.shutdown.subscribe();
     let mut consecutive_errors: u32 = 0;
     loop {
         let accepted = tokio::select! {
             r = transport.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => return LoopEnd::Done,
+            _ = shutdown.wait_for(|s| *s) => return,
         };
         match accepted {
             Ok(conn) => {
@@ -967,7 +963,7 @@ async fn accept_loop(shared: Arc<Shared>, transport: Arc<dyn Transport>) -> Loop
             }
             Err(TransportError::Closed) => {
                 debug!("transport closed; accept loop ends");
-                return LoopEnd::Done;
+                return;
             }
             Err(e) => {
                 bump(&shared.counters.accept_errors);
@@ -980,7 +976,7 @@ async fn accept_loop(shared: Arc<Shared>, transport: Arc<dyn Transport>) -> Loop
                         .min(Duration::from_secs(1));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.wait_for(|s| *s) => return LoopEnd::Done,
+                        _ = shutdown.wait_for(|s| *s) => return,
                     }
                 }
             }
@@ -1154,7 +1150,7 @@ async fn read_loop(shared: Arc<Shared>, conn: Arc<dyn Connection>, peer: NodeId)
     }
 }
 
-async fn evict_loop(shared: Arc<Shared>) -> LoopEnd {
+async fn evict_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let evictions: Vec<_> =
@@ -1168,22 +1164,22 @@ async fn evict_loop(shared: Arc<Shared>) -> LoopEnd {
         }
         tokio::select! {
             _ = shared.evict_wake.notified() => {}
-            _ = shutdown.wait_for(|s| *s) => return LoopEnd::Done,
+            _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }
 
-async fn store_loop(shared: Arc<Shared>) -> LoopEnd {
+async fn store_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         tokio::select! {
             _ = shared.store_wake.notified() => {}
-            _ = shutdown.wait_for(|s| *s) => return LoopEnd::Done,
+            _ = shutdown.wait_for(|s| *s) => return,
         }
         flush_store(&shared).await;
         tokio::select! {
             _ = tokio::time::sleep(shared.config.store_flush_interval) => {}
-            _ = shutdown.wait_for(|s| *s) => return LoopEnd::Done,
+            _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }
