@@ -7,7 +7,9 @@
 //!   its `PexRequest` right after connecting (and more at its `ensurePeers` ticks).
 //! * Go node **B** (A's genesis, so A and B may connect without trouble) is dialed by the Rust
 //!   node: we are outbound and ask B at once. B's own persistent peer is a fake address, which
-//!   puts it in B's address book, so B's answer carries something new to us.
+//!   puts it in B's address book, so B's answer carries something new to us. B takes one
+//!   inbound peer only (us), since it asks a random peer per tick and A would otherwise dial
+//!   it after learning its address from us.
 //! * The Rust node knows two fake addresses (127.0.0.5, nothing listens) to answer with.
 //!
 //! Over a 40 s window we check Go's p2p/pex debug log (`Request addrs`, `Received message` with
@@ -199,6 +201,10 @@ fn pex_with_go(binary: GoBinary) {
         moniker: "go-b".into(),
         pex: true,
         persistent_peers: vec![go_form(&behind_b)],
+        // B asks one *random* peer per ensurePeers tick. A learns B's address from us and
+        // dials it; with A as a second peer B would pick us only half the time. One inbound
+        // slot (ours: we dial B before A can know B) makes B's choice certain.
+        extra_p2p: vec![("max_num_inbound_peers".into(), "1".into())],
         genesis: Some(go_a.home().join("config").join("genesis.json")),
         chain_id: Some(chain.clone()),
         log_level: LOG_LEVEL.into(),
