@@ -13,6 +13,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod address;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod consensus;
 pub mod echo;
 pub mod key;
@@ -36,5 +38,7 @@ pub use router::{
     Channel, ChannelDescriptor, Envelope, Outbound, OverflowPolicy, PeerError, PeerUpdates,
     Recipient, Router, RouterConfig, Wrapper,
 };
-pub use transport::{Connection, ConnectionError, HandshakeError, Transport, TransportError};
+pub use transport::{
+    CloseReason, Connection, ConnectionError, HandshakeError, Transport, TransportError,
+};
 pub use types::{ChannelId, NodeId, NodeIdError};

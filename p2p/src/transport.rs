@@ -68,6 +68,18 @@ pub trait Connection: Send + Sync + fmt::Debug {
         channels: &[ChannelDescriptor],
     ) -> Result<(NodeInfo, VerifyingKey), HandshakeError>;
 
+    /// Completes the transport's own connection setup, such as QUIC's TLS handshake, on a
+    /// dialled connection, before [`handshake`](Self::handshake).
+    ///
+    /// The router races a peer's addresses up to this point (the first connection established
+    /// wins; see `RouterConfig::fallback_delay`), so a transport whose
+    /// [`Transport::dial`] returns before the peer has answered should finish connecting here,
+    /// or a dead path (say, UDP blocked) would win the race. `handshake` must work without it
+    /// too. The default does nothing (for MConn, `dial` returns a connected TCP stream).
+    async fn establish(&mut self) -> Result<(), HandshakeError> {
+        Ok(())
+    }
+
     /// Sends one message on a channel, waiting while the transport's buffers are full.
     async fn send(&self, channel: ChannelId, message: Bytes) -> Result<(), ConnectionError>;
 
@@ -82,6 +94,54 @@ pub trait Connection: Send + Sync + fmt::Debug {
 
     /// Flushes what `send` has accepted, then closes the connection. Idempotent.
     async fn close(&self);
+
+    /// Closes the connection for `reason`, telling the peer why if the protocol can (QUIC sends
+    /// an application error code and the reason text). [`CloseReason::Normal`] must flush like
+    /// [`close`](Self::close); the other reasons may drop unsent data. The default ignores the
+    /// reason and calls `close`.
+    async fn close_with(&self, reason: &CloseReason) {
+        let _ = reason;
+        self.close().await;
+    }
+}
+
+/// Why the router closes a connection (see [`Connection::close_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Nothing wrong: the node is stopping, or the connection ended by itself.
+    Normal,
+    /// Evicted to give its slot to a better peer.
+    Evicted,
+    /// Superseded by another connection to the same peer (tie-break or reconnect).
+    Replaced,
+    /// The peer misbehaved: a reactor reported a `PeerError` that disconnects; the text is
+    /// its reason.
+    Misbehaved(String),
+    /// The peer was banned; the text is the reason reported.
+    Banned(String),
+}
+
+impl CloseReason {
+    /// The reason text, e.g. for a QUIC `CONNECTION_CLOSE` frame.
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Normal => "normal close",
+            Self::Evicted => "evicted for a better peer",
+            Self::Replaced => "replaced by another connection",
+            Self::Misbehaved(text) | Self::Banned(text) => text,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Misbehaved(text) => write!(f, "misbehaved: {text}"),
+            Self::Banned(text) => write!(f, "banned: {text}"),
+            other => f.write_str(other.text()),
+        }
+    }
 }
 
 /// Errors from [`Transport`] operations.
@@ -156,12 +216,22 @@ pub enum ConnectionError {
         /// The channel's limit.
         max: usize,
     },
-    /// The peer sent a message on a channel we do not have.
-    #[error("peer sent a message on unknown channel {0}")]
+    /// A message on a channel that is not open: the peer sent one on a channel we do not
+    /// have, or we tried to send on a channel not declared at the handshake.
+    #[error("message on unknown channel {0}")]
     UnknownChannel(ChannelId),
     /// The peer broke the wire protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The peer closed the connection with an error (see [`Connection::close_with`]): a
+    /// transport-specific code and the peer's reason text (truncated and lossily decoded).
+    #[error("peer closed the connection with error code {code}: {reason}")]
+    ClosedByPeer {
+        /// The transport's error code (for QUIC, the application error code).
+        code: u64,
+        /// The peer's reason.
+        reason: String,
+    },
     /// An I/O error.
     #[error("connection I/O error: {0}")]
     Io(#[from] std::io::Error),

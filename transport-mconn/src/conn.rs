@@ -59,6 +59,9 @@ struct Running {
     events: Mutex<mpsc::Receiver<(ChannelId, Bytes)>>,
     /// Why the driver ended, handed to the first `receive` after the end.
     failure: Arc<Mutex<Option<ConnectionError>>>,
+    /// The channels declared at the handshake (bit per channel ID); MConnection cannot send
+    /// on others.
+    channels: [u64; 4],
 }
 
 enum State {
@@ -275,16 +278,28 @@ impl Connection for MConnConnection {
             max_flush_delay: self.config.max_flush_delay,
         };
         tokio::spawn(driver.run());
+        let mut declared = [0u64; 4];
+        for d in channels {
+            if let Some(word) = declared.get_mut(usize::from(d.id.0 / 64)) {
+                *word |= 1 << (d.id.0 % 64);
+            }
+        }
         self.state = State::Running(Running {
             commands: commands_tx,
             events: Mutex::new(events_rx),
             failure,
+            channels: declared,
         });
         Ok((peer_info, peer_key))
     }
 
     async fn send(&self, channel: ChannelId, message: Bytes) -> Result<(), ConnectionError> {
         let running = self.running()?;
+        let declared = (running.channels.get(usize::from(channel.0 / 64)))
+            .is_some_and(|word| word & (1 << (channel.0 % 64)) != 0);
+        if !declared {
+            return Err(ConnectionError::UnknownChannel(channel));
+        }
         if running.commands.send(Command::Send(channel, message)).await.is_err() {
             return Err(take_failure(&running.failure));
         }

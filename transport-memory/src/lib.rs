@@ -7,7 +7,10 @@
 //!   the other side, and the NodeInfo travels as its protobuf encoding;
 //! * bounded buffers: [`Connection::send`] waits while the peer's buffer is full
 //!   ([`MemoryNetworkConfig::connection_buffer`] messages per direction);
-//! * per-channel receive limits from the channel descriptors.
+//! * per-channel receive limits from the channel descriptors;
+//! * close implies flush: the close frame queues behind every message `send` accepted, the peer
+//!   reads them and then gets [`ConnectionError::Closed`]; afterwards `send` and `receive` fail
+//!   on both ends instead of waiting (checked by the `p2p::conformance` suite).
 //!
 //! For tests of the layers above it injects faults per directed link ([`LinkConfig`]): latency,
 //! silently dropped messages, a paused link (sends stall, as with a peer that stopped reading),
@@ -358,7 +361,12 @@ pub struct MemoryConnection {
     severed: Arc<Severed>,
     /// Maximum message size per channel byte (`None`: we do not have the channel).
     limits: Vec<Option<usize>>,
+    /// We closed the connection: `send` and `receive` fail from now on.
     closed: AtomicBool,
+    /// Wakes a `receive` that waits while we close.
+    close_notify: Notify,
+    /// The peer's close frame arrived: it neither reads nor writes any more.
+    peer_closed: AtomicBool,
 }
 
 impl fmt::Debug for MemoryConnection {
@@ -388,11 +396,20 @@ impl MemoryConnection {
             severed,
             limits: Vec::new(),
             closed: AtomicBool::new(false),
+            close_notify: Notify::new(),
+            peer_closed: AtomicBool::new(false),
         }
     }
 
+    /// Whether either side closed the connection or the network cut it.
+    fn is_closed(&self) -> bool {
+        self.severed.is_severed()
+            || self.closed.load(Ordering::Acquire)
+            || self.peer_closed.load(Ordering::Acquire)
+    }
+
     async fn send_frame(&self, frame: Frame) -> Result<(), ConnectionError> {
-        if self.severed.is_severed() || self.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(ConnectionError::Closed);
         }
         // Fast path: room in the buffer, no need to watch for a cut link.
@@ -418,7 +435,7 @@ impl MemoryConnection {
     }
 
     async fn recv_frame(&self) -> Result<Frame, ConnectionError> {
-        if self.severed.is_severed() {
+        if self.is_closed() {
             return Err(ConnectionError::Closed);
         }
         // Fast path: a frame is already buffered.
@@ -430,7 +447,10 @@ impl MemoryConnection {
         let severed = self.severed.notify.notified();
         tokio::pin!(severed);
         severed.as_mut().enable();
-        if self.severed.is_severed() {
+        let closing = self.close_notify.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
+        if self.is_closed() {
             return Err(ConnectionError::Closed);
         }
         // The receiver's lock is held only inside `poll_recv`, never across an await.
@@ -438,6 +458,7 @@ impl MemoryConnection {
         tokio::select! {
             f = recv => f.ok_or(ConnectionError::Closed),
             _ = severed => Err(ConnectionError::Closed),
+            _ = closing => Err(ConnectionError::Closed),
         }
     }
 
@@ -525,7 +546,10 @@ impl Connection for MemoryConnection {
                     Some(_) => Ok((channel, payload)),
                 }
             }
-            Frame::Close => Err(ConnectionError::Closed),
+            Frame::Close => {
+                self.peer_closed.store(true, Ordering::Release);
+                Err(ConnectionError::Closed)
+            }
             other => Err(ConnectionError::Protocol(format!(
                 "unexpected frame after handshake: {other:?}"
             ))),
@@ -545,6 +569,10 @@ impl Connection for MemoryConnection {
         if !self.closed.load(Ordering::Acquire) {
             let _ = self.send_frame(Frame::Close).await;
             self.closed.store(true, Ordering::Release);
+            // We read no more: the peer's sends fail instead of filling a buffer nobody reads,
+            // and a `receive` waiting here ends.
+            self.lock_rx().close();
+            self.close_notify.notify_waiters();
         }
     }
 }

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
 use p2p::router::ChannelDescriptor;
 use p2p::{
-    ChannelId, Connection, ConnectionError, Endpoint, HandshakeError, MAX_NODE_INFO_SIZE, NodeInfo,
-    NodeKey,
+    ChannelId, CloseReason, Connection, ConnectionError, Endpoint, HandshakeError,
+    MAX_NODE_INFO_SIZE, NodeInfo, NodeInfoError, NodeKey,
 };
 use quinn::{ReadExactError, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
@@ -32,8 +32,18 @@ use tracing::debug;
 
 use crate::{QuicConfig, error_code, identity};
 
+/// Most bytes of a close reason sent or reported (QUIC frames must fit in one packet).
+const MAX_REASON: usize = 256;
+
 /// Most bytes a peer may write on the control stream after its NodeInfo.
 const CONTROL_TAIL_LIMIT: usize = 1024;
+
+/// Most bytes taken from a stream at once while reading a message body; also the initial
+/// capacity of a large message's buffer.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The TLS `no_application_protocol` alert.
+const NO_APPLICATION_PROTOCOL_ALERT: u8 = 120;
 
 /// A failure and the application error code to close the connection with (0: do not close,
 /// the connection is already gone).
@@ -42,6 +52,8 @@ type Failure = (ConnectionError, u32);
 enum Pending {
     Inbound(Box<quinn::Incoming>),
     Outbound(quinn::Connecting),
+    /// Outbound, TLS handshake done by [`Connection::establish`].
+    Established(quinn::Connection),
 }
 
 struct Writers {
@@ -140,14 +152,11 @@ fn conn_err(e: quinn::ConnectionError) -> ConnectionError {
         {
             ConnectionError::Closed
         }
-        quinn::ConnectionError::ApplicationClosed(c) => ConnectionError::Io(Error::new(
-            ErrorKind::ConnectionAborted,
-            format!(
-                "peer closed the connection with error code {}: {}",
-                c.error_code,
-                String::from_utf8_lossy(&c.reason)
-            ),
-        )),
+        quinn::ConnectionError::ApplicationClosed(c) => ConnectionError::ClosedByPeer {
+            code: c.error_code.into_inner(),
+            reason: String::from_utf8_lossy(c.reason.get(..MAX_REASON).unwrap_or(&c.reason))
+                .into_owned(),
+        },
         quinn::ConnectionError::TimedOut => {
             ConnectionError::Io(Error::new(ErrorKind::TimedOut, "QUIC connection timed out"))
         }
@@ -155,9 +164,18 @@ fn conn_err(e: quinn::ConnectionError) -> ConnectionError {
     }
 }
 
+/// Maps a failed QUIC/TLS handshake: no common ALPN protocol (TLS alert 120, which QUIC
+/// requires for it) is a protocol mismatch, any other TLS alert an authentication failure.
 fn handshake_err(e: quinn::ConnectionError) -> HandshakeError {
     let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    let no_alpn = quinn::TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL_ALERT);
     match &e {
+        quinn::ConnectionError::TransportError(t) if t.code == no_alpn => {
+            HandshakeError::Protocol(format!("no common ALPN protocol (we speak p2p-quic/1): {e}"))
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code == no_alpn => {
+            HandshakeError::Protocol(format!("peer does not speak p2p-quic/1 (ALPN): {e}"))
+        }
         quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
             HandshakeError::Authentication(format!("TLS handshake failed: {e}"))
         }
@@ -216,6 +234,9 @@ async fn read_uvarint(stream: &mut RecvStream) -> Result<Option<u64>, Failure> {
             Err(ReadExactError::ReadError(e)) => return Err(read_err(e)),
         }
         let [b] = byte;
+        if i == 9 && b > 1 {
+            return Err(protocol("length prefix overflows 64 bits"));
+        }
         value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             return Ok(Some(value));
@@ -225,15 +246,29 @@ async fn read_uvarint(stream: &mut RecvStream) -> Result<Option<u64>, Failure> {
 }
 
 /// Reads exactly `len` bytes (the length was checked against its limit by the caller).
+///
+/// The buffer grows with the bytes that actually arrive (at most doubling, never beyond `len`),
+/// so a length prefix alone, or a body trickled slowly, costs memory in proportion to what the
+/// peer sent rather than to what it claimed.
 async fn read_body(stream: &mut RecvStream, len: usize) -> Result<Vec<u8>, Failure> {
-    let mut body = vec![0u8; len];
-    match stream.read_exact(&mut body).await {
-        Ok(()) => Ok(body),
-        Err(ReadExactError::FinishedEarly(n)) => {
-            Err(protocol(format!("stream ended after {n} of {len} message bytes")))
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK));
+    while body.len() < len {
+        let missing = len.saturating_sub(body.len());
+        let chunk = match stream.read_chunk(missing.min(READ_CHUNK), true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => {
+                let n = body.len();
+                return Err(protocol(format!("stream ended after {n} of {len} message bytes")));
+            }
+            Err(e) => return Err(read_err(e)),
+        };
+        let spare = body.capacity().saturating_sub(body.len());
+        if spare < chunk.len() {
+            body.reserve_exact(body.len().max(chunk.len()).min(missing));
         }
-        Err(ReadExactError::ReadError(e)) => Err(read_err(e)),
+        body.extend_from_slice(&chunk);
     }
+    Ok(body)
 }
 
 fn failure_to_handshake(f: Failure) -> HandshakeError {
@@ -260,9 +295,10 @@ async fn exchange_node_info(
         .ok_or(HandshakeError::Connection(ConnectionError::Closed))?;
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     if len > MAX_NODE_INFO_SIZE {
-        return Err(HandshakeError::Protocol(format!(
-            "NodeInfo of {len} bytes exceeds the limit of {MAX_NODE_INFO_SIZE} bytes"
-        )));
+        return Err(HandshakeError::InvalidNodeInfo(NodeInfoError::TooLarge {
+            len,
+            max: MAX_NODE_INFO_SIZE,
+        }));
     }
     let body = read_body(recv, len).await.map_err(failure_to_handshake)?;
     Ok(NodeInfo::decode(&body)?)
@@ -280,6 +316,21 @@ fn peer_key(conn: &quinn::Connection) -> Result<VerifyingKey, HandshakeError> {
 
 #[async_trait]
 impl Connection for QuicConnection {
+    async fn establish(&mut self) -> Result<(), HandshakeError> {
+        if !matches!(self.state, State::Pending(Pending::Outbound(_))) {
+            return Ok(());
+        }
+        let State::Pending(Pending::Outbound(connecting)) =
+            std::mem::replace(&mut self.state, State::Failed)
+        else {
+            return Ok(());
+        };
+        // The QUIC/TLS handshake: the peer's certificate is verified here.
+        let conn = connecting.await.map_err(handshake_err)?;
+        self.state = State::Pending(Pending::Established(conn));
+        Ok(())
+    }
+
     async fn handshake(
         &mut self,
         local_info: &NodeInfo,
@@ -296,6 +347,7 @@ impl Connection for QuicConnection {
                 (connecting.await.map_err(handshake_err)?, false)
             }
             Pending::Outbound(connecting) => (connecting.await.map_err(handshake_err)?, true),
+            Pending::Established(conn) => (conn, true),
         };
         let result = async {
             let peer_key = peer_key(&conn)?;
@@ -381,6 +433,24 @@ impl Connection for QuicConnection {
 
     fn remote_endpoint(&self) -> Endpoint {
         self.remote.clone()
+    }
+
+    async fn close_with(&self, reason: &CloseReason) {
+        let code = match reason {
+            CloseReason::Evicted | CloseReason::Replaced => error_code::EVICTED,
+            CloseReason::Misbehaved(_) => error_code::MISBEHAVED,
+            CloseReason::Banned(_) => error_code::BANNED,
+            _ => return self.close().await,
+        };
+        let Ok(running) = self.running() else { return };
+        lock(&running.writers).closing = true;
+        // Not a graceful close: what is unsent is dropped, the peer learns why at once.
+        let text = reason.text().as_bytes();
+        let mut end = text.len().min(MAX_REASON);
+        while end > 0 && !reason.text().is_char_boundary(end) {
+            end -= 1;
+        }
+        running.conn.close(VarInt::from_u32(code), text.get(..end).unwrap_or_default());
     }
 
     async fn close(&self) {
@@ -489,6 +559,16 @@ async fn accept_loop(
                     set_failure(&failure, conn_err(e));
                     return;
                 }
+            },
+            s = conn.accept_bi() => {
+                // The control stream is the only bidirectional stream; data on another one
+                // would sit in quinn's buffers unread.
+                let (e, code) = match s {
+                    Ok(_) => protocol("peer opened a second bidirectional stream"),
+                    Err(e) => (conn_err(e), 0),
+                };
+                fail(&conn, &failure, e, code);
+                return;
             },
             r = &mut control_end => match r {
                 Ok(_) => break,

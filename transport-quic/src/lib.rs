@@ -14,7 +14,10 @@
 //! * **Handshake.** After the QUIC/TLS handshake, the dialer opens one bidirectional *control
 //!   stream*, the acceptor accepts it. Each side writes its `DefaultNodeInfo` (protobuf) prefixed
 //!   by its length as an unsigned LEB128 varint, at most [`p2p::MAX_NODE_INFO_SIZE`] bytes (a
-//!   larger length is rejected before anything is allocated), then reads the peer's.
+//!   larger length is rejected before anything is allocated), then reads the peer's. The
+//!   control stream is the only bidirectional stream: a peer that opens another one breaks the
+//!   protocol. A peer without the ALPN [`QUIC_ALPN`] is refused in the TLS handshake (alert
+//!   `no_application_protocol`, reported as [`p2p::HandshakeError::Protocol`]).
 //! * **Messages.** Each side opens, lazily on the first message of a channel, one long-lived
 //!   *unidirectional* stream per channel. The stream's first byte is the channel ID; after it
 //!   come messages, each framed as a uvarint length followed by that many bytes. Messages of one
@@ -22,7 +25,9 @@
 //!   control window, and its QUIC send priority is the channel's priority). The receiver closes
 //!   the connection with an application error code ([`error_code`]) when a stream names a
 //!   channel it does not have, a second stream names the same channel, or a frame's length
-//!   prefix exceeds the channel's `max_message_size` (detected before the body is read).
+//!   prefix exceeds the channel's `max_message_size` (detected before the body is read). A
+//!   body's buffer grows with the bytes received, so a long length prefix costs nothing until
+//!   the data arrives. A length prefix is at most 10 bytes and must fit in 64 bits.
 //! * **Close.** The closing side finishes its message streams and waits until the peer has
 //!   acknowledged their data, then finishes its side of the control stream. A peer that sees
 //!   the control stream end reads every message stream to its end, then closes the connection
@@ -65,6 +70,14 @@ pub mod error_code {
     pub const UNKNOWN_CHANNEL: u32 = 2;
     /// The peer sent a message larger than the channel's limit.
     pub const MESSAGE_TOO_LARGE: u32 = 3;
+    /// The connection was evicted for a better peer or replaced by another connection to the
+    /// same peer ([`p2p::CloseReason::Evicted`], [`p2p::CloseReason::Replaced`]).
+    pub const EVICTED: u32 = 4;
+    /// A reactor reported the peer for misbehaviour ([`p2p::CloseReason::Misbehaved`]); the
+    /// reason text says what it did.
+    pub const MISBEHAVED: u32 = 5;
+    /// The peer was banned ([`p2p::CloseReason::Banned`]); the reason text says why.
+    pub const BANNED: u32 = 6;
 }
 
 /// Configuration of a [`QuicTransport`].

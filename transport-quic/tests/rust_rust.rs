@@ -303,3 +303,78 @@ async fn close_flushes_what_was_sent() {
     reader.await.unwrap();
     assert!(a.send(MEMPOOL_CHANNEL, vec![1].into()).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reasons_reach_the_peer_as_error_codes() {
+    use p2p::{CloseReason, ConnectionError};
+    use p2p_transport_quic::error_code;
+    let descs = [mempool_channel_descriptor(1 << 20)];
+    let cases = [
+        (CloseReason::Misbehaved("sent an invalid vote".into()), error_code::MISBEHAVED),
+        (CloseReason::Banned("double signing".into()), error_code::BANNED),
+        (CloseReason::Evicted, error_code::EVICTED),
+        (CloseReason::Replaced, error_code::EVICTED),
+    ];
+    for (reason, code) in cases {
+        let (a, b, _, _) = raw_pair(&descs, &descs).await;
+        a.close_with(&reason).await;
+        match tokio::time::timeout(T, b.receive()).await.unwrap() {
+            Err(ConnectionError::ClosedByPeer { code: got, reason: text }) => {
+                assert_eq!((got, text.as_str()), (u64::from(code), reason.text()));
+            }
+            other => panic!("{reason:?}: expected ClosedByPeer, got {other:?}"),
+        }
+    }
+    // A reason longer than a packet allows is truncated (at a character boundary).
+    let (a, b, _, _) = raw_pair(&descs, &descs).await;
+    a.close_with(&CloseReason::Misbehaved("é".repeat(1000))).await;
+    match tokio::time::timeout(T, b.receive()).await.unwrap() {
+        Err(ConnectionError::ClosedByPeer { reason, .. }) => {
+            assert!(reason.len() <= 256 && reason.chars().all(|c| c == 'é'), "{reason}");
+        }
+        other => panic!("expected ClosedByPeer, got {other:?}"),
+    }
+    // A normal close is graceful: the peer sees a clean end.
+    let (a, b, _, _) = raw_pair(&descs, &descs).await;
+    let reader = tokio::spawn(async move { b.receive().await });
+    a.close_with(&CloseReason::Normal).await;
+    assert!(matches!(
+        tokio::time::timeout(T, reader).await.unwrap().unwrap(),
+        Err(ConnectionError::Closed)
+    ));
+}
+
+/// A reactor's `PeerError` that disconnects the peer reaches it as the QUIC close reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_peer_learns_why_it_was_disconnected() {
+    let mut a = node("a", "chain").await;
+    let key = NodeKey::generate();
+    let t =
+        QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &key, QuicConfig::default()).unwrap();
+    let info = NodeInfo::new(key.node_id(), "chain", "evil", [MEMPOOL_CHANNEL])
+        .with_listen_addr(t.local_addr().to_string());
+    let (host, port) = a.addr.host_port().unwrap();
+    let to = p2p::Endpoint::socket(Protocol::QUIC, format!("{host}:{port}").parse().unwrap());
+    let mut conn = t.dial(&to).await.unwrap();
+    conn.handshake(&info, &key, &[mempool_channel_descriptor(1 << 20)]).await.unwrap();
+    let up = loop {
+        let u = tokio::time::timeout(T, a.updates.recv()).await.unwrap().unwrap();
+        if u.status == PeerStatus::Up {
+            break u;
+        }
+    };
+    assert_eq!(up.node_id, key.node_id());
+    a.txs.report_error(p2p::PeerError {
+        node_id: key.node_id(),
+        severity: p2p::Severity::Disconnect,
+        reason: "sent a transaction that does not decode".into(),
+    });
+    match tokio::time::timeout(T, conn.receive()).await.unwrap() {
+        Err(p2p::ConnectionError::ClosedByPeer { code, reason }) => {
+            assert_eq!(code, u64::from(p2p_transport_quic::error_code::MISBEHAVED));
+            assert_eq!(reason, "sent a transaction that does not decode");
+        }
+        other => panic!("expected ClosedByPeer, got {other:?}"),
+    }
+    a.router.stop().await;
+}

@@ -22,13 +22,29 @@
 //!
 //! **Dialing.** [`PeerManager::dial_next`] picks among peers that are known, not connected, not
 //! being dialed, not banned, and have an address whose retry time has come: highest score first,
-//! then fewest failures, then lowest node ID. It returns that peer's ready address with the
-//! fewest failures (a peer keeps at most [`MAX_ADDRESSES_PER_PEER`] addresses). Capacity:
+//! then fewest failures, then lowest node ID. It returns that peer's best ready address (see
+//! below; a peer keeps at most [`MAX_ADDRESSES_PER_PEER`] addresses). Capacity:
 //! a dial needs `outbound + dialing < max_outgoing` (persistent peers count toward that limit but
 //! are dialed even when it is reached) and `connected + dialing < max_connected`. When the
 //! second limit is reached, an *upgrade* dial is still allowed while
 //! `connected + dialing < max_connected + max_upgrade` if the candidate is persistent or scores
 //! strictly higher than the lowest-scored connected non-persistent peer.
+//!
+//! **Addresses and transports.** A peer may be known by addresses of several protocols
+//! (`quic://`, `mconn://`, ...). Only addresses of protocols passed to
+//! [`PeerManager::set_dialable_protocols`] (by default: all) are dialed. The ready addresses of
+//! a peer are ranked: first those of the protocol whose dial last succeeded (remembered per
+//! peer, persisted, and forgotten as soon as an address of that protocol fails), then fewest
+//! consecutive failures, then the order of [`PeerManagerConfig::protocol_preference`] (QUIC
+//! before MConn by default), then the order in which they were learned. [`dial_next`] returns
+//! the best; [`PeerManager::fallback_addresses`] lists the others, which the router tries when
+//! the best fails or is slow (it races them, see [`RouterConfig::fallback_delay`]). An
+//! address that fails during such a dial backs off ([`PeerManager::attempt_failed`]) without
+//! costing the peer score; the dial as a whole fails ([`PeerManager::dial_failed`]) only when
+//! every address tried failed.
+//!
+//! [`dial_next`]: PeerManager::dial_next
+//! [`RouterConfig::fallback_delay`]: crate::RouterConfig::fallback_delay
 //!
 //! **Backoff.** After `k` consecutive failures of an address, it is retried at
 //! `last_failure + min(min_retry · 2^(k−1), cap) · (1 + jitter)` with `jitter` drawn from
@@ -88,7 +104,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::address::NodeAddress;
+use crate::address::{NodeAddress, Protocol};
 use crate::types::NodeId;
 
 mod store;
@@ -339,6 +355,10 @@ pub struct PeerManagerConfig {
     pub persistent_peers: Vec<NodeAddress>,
     /// Seed of the RNG that draws backoff jitter.
     pub rng_seed: u64,
+    /// Transport protocols in order of preference when a peer has addresses of several (default
+    /// QUIC, then MConn; unlisted protocols come last). See "Addresses and transports" in the
+    /// [module documentation](self).
+    pub protocol_preference: Vec<Protocol>,
 }
 
 impl Default for PeerManagerConfig {
@@ -357,6 +377,7 @@ impl Default for PeerManagerConfig {
             max_peers: 1024,
             persistent_peers: Vec::new(),
             rng_seed: 0,
+            protocol_preference: vec![Protocol::QUIC, Protocol::MCONN],
         }
     }
 }
@@ -409,6 +430,9 @@ struct Peer {
     score_updated_at: Timestamp,
     banned_until: Option<Timestamp>,
     last_connected: Option<Timestamp>,
+    /// The protocol of the last successful dial, tried first next time; forgotten when an
+    /// address of that protocol fails.
+    last_protocol: Option<Protocol>,
     link: Link,
 }
 
@@ -421,6 +445,7 @@ impl Peer {
             score_updated_at: now,
             banned_until: None,
             last_connected: None,
+            last_protocol: None,
             link: Link::Idle,
         }
     }
@@ -463,10 +488,54 @@ impl Peer {
         }
     }
 
-    /// The address to dial now: the ready one with the fewest failures (first added on ties).
-    fn best_address(&self, now: Timestamp) -> Option<&Addr> {
-        let ready = self.addresses.iter().filter(|a| a.ready_at() <= now);
-        ready.min_by_key(|a| a.failures)
+    /// The addresses that can be dialed now, best first (see "Addresses and transports" in
+    /// the module documentation).
+    fn ranked_addresses<'a>(&'a self, now: Timestamp, rules: &AddressRules) -> Vec<&'a Addr> {
+        let mut ready: Vec<(usize, &Addr)> = (self.addresses.iter().enumerate())
+            .filter(|(_, a)| a.ready_at() <= now && rules.dialable(a.address.protocol()))
+            .collect();
+        ready.sort_by_key(|(i, a)| {
+            let protocol = a.address.protocol();
+            let remembered = self.last_protocol.as_ref() == Some(protocol);
+            (!remembered, a.failures, rules.rank(protocol), *i)
+        });
+        ready.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// The address to dial now, if any.
+    fn best_address(&self, now: Timestamp, rules: &AddressRules) -> Option<&Addr> {
+        self.ranked_addresses(now, rules).into_iter().next()
+    }
+
+    /// Records a failed dial of `addr`: backoff, or forgets it after too many failures.
+    /// Returns whether the peer has no address left.
+    fn address_failed(
+        &mut self,
+        addr: &NodeAddress,
+        now: Timestamp,
+        config: &PeerManagerConfig,
+        rng: &mut SmallRng,
+    ) -> bool {
+        if self.last_protocol.as_ref() == Some(addr.protocol()) {
+            self.last_protocol = None;
+        }
+        let persistent = self.persistent;
+        let Some(pos) = self.addresses.iter().position(|a| a.address == *addr) else {
+            return self.addresses.is_empty();
+        };
+        let Some(entry) = self.addresses.get_mut(pos) else {
+            return self.addresses.is_empty();
+        };
+        entry.failures = entry.failures.saturating_add(1);
+        entry.last_failure = Some(now);
+        if !persistent && entry.failures > config.max_dial_failures {
+            tracing::debug!(%addr, failures = entry.failures, "forgetting address");
+            self.addresses.remove(pos);
+        } else {
+            let delay = backoff(config, rng, entry.failures, persistent);
+            entry.retry_at = Some(now + delay);
+        }
+        self.addresses.is_empty()
     }
 
     fn address_mut(&mut self, address: &NodeAddress) -> Option<&mut Addr> {
@@ -519,7 +588,27 @@ impl Peer {
             score_updated_at: self.score_updated_at,
             banned_until: self.banned_until,
             last_connected: self.last_connected,
+            last_protocol: self.last_protocol.as_ref().map(|p| p.as_str().to_owned()),
         }
+    }
+}
+
+/// Which addresses may be dialed, and in which order of protocols.
+#[derive(Debug, Default)]
+struct AddressRules {
+    /// Protocols some transport can dial; `None`: all.
+    dialable: Option<BTreeSet<Protocol>>,
+    /// [`PeerManagerConfig::protocol_preference`].
+    preference: Vec<Protocol>,
+}
+
+impl AddressRules {
+    fn dialable(&self, protocol: &Protocol) -> bool {
+        self.dialable.as_ref().is_none_or(|set| set.contains(protocol))
+    }
+
+    fn rank(&self, protocol: &Protocol) -> usize {
+        self.preference.iter().position(|p| p == protocol).unwrap_or(self.preference.len())
     }
 }
 
@@ -551,6 +640,7 @@ pub struct PeerManager {
     rng: SmallRng,
     /// The latest time passed in.
     clock: Timestamp,
+    rules: AddressRules,
 }
 
 impl PeerManager {
@@ -568,6 +658,7 @@ impl PeerManager {
         now: Timestamp,
     ) -> Self {
         let rng = SmallRng::seed_from_u64(config.rng_seed);
+        let rules = AddressRules { dialable: None, preference: config.protocol_preference.clone() };
         let mut manager = Self {
             self_id,
             config,
@@ -577,6 +668,7 @@ impl PeerManager {
             dirty: BTreeSet::new(),
             rng,
             clock: now,
+            rules,
         };
         for record in stored {
             manager.load(record, now);
@@ -637,6 +729,7 @@ impl PeerManager {
         peer.score_updated_at = record.score_updated_at;
         peer.banned_until = record.banned_until;
         peer.last_connected = record.last_connected;
+        peer.last_protocol = record.last_protocol.as_deref().and_then(|p| Protocol::new(p).ok());
         for stored in record.addresses {
             match stored.address.parse::<NodeAddress>() {
                 Ok(address)
@@ -764,7 +857,7 @@ impl PeerManager {
         let mut candidates: Vec<(f64, u32, NodeId, bool)> = (self.peers.iter())
             .filter(|(_, p)| matches!(p.link, Link::Idle) && p.ban_until(now).is_none())
             .filter_map(|(id, p)| {
-                let addr = p.best_address(now)?;
+                let addr = p.best_address(now, &self.rules)?;
                 Some((p.score_at(now, self.half_life()), addr.failures, *id, p.persistent))
             })
             .collect();
@@ -778,9 +871,50 @@ impl PeerManager {
         })?;
 
         let peer = self.peers.get_mut(&id)?;
-        let address = peer.best_address(now)?.address.clone();
+        let address = peer.best_address(now, &self.rules)?.address.clone();
         peer.link = Link::Dialing(address.clone());
         Some(address)
+    }
+
+    /// Restricts dialing to addresses of `protocols` (those the router has a transport for);
+    /// addresses of other protocols are kept and shared, but never dialed. By default every
+    /// protocol is dialable.
+    pub fn set_dialable_protocols(&mut self, protocols: impl IntoIterator<Item = Protocol>) {
+        self.rules.dialable = Some(protocols.into_iter().collect());
+    }
+
+    /// While `peer` is being dialed: its other addresses that may be dialed now, best first,
+    /// for the router to try if the address from [`dial_next`](Self::dial_next) fails or is
+    /// slow. The outcome of each is reported with [`attempt_failed`](Self::attempt_failed),
+    /// and of the dial as a whole with [`dialed`](Self::dialed) or
+    /// [`dial_failed`](Self::dial_failed).
+    pub fn fallback_addresses(&self, peer: NodeId, now: Timestamp) -> Vec<NodeAddress> {
+        let Some(known) = self.peers.get(&peer) else {
+            return Vec::new();
+        };
+        let Link::Dialing(primary) = &known.link else {
+            return Vec::new();
+        };
+        (known.ranked_addresses(now, &self.rules).into_iter())
+            .filter(|a| a.address != *primary)
+            .map(|a| a.address.clone())
+            .collect()
+    }
+
+    /// One address tried during a dial of its peer failed while the dial goes on with another:
+    /// the address backs off (or is forgotten) as after [`dial_failed`](Self::dial_failed),
+    /// but the peer's score is left alone. Ignored unless the peer is being dialed.
+    pub fn attempt_failed(&mut self, addr: &NodeAddress, now: Timestamp) {
+        self.tick(now);
+        let id = addr.node_id();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !matches!(peer.link, Link::Dialing(_)) {
+            return;
+        }
+        peer.address_failed(addr, now, &self.config, &mut self.rng);
+        self.dirty.insert(id);
     }
 
     /// The earliest time a peer that cannot be dialed now (retry backoff or ban) becomes
@@ -791,15 +925,19 @@ impl PeerManager {
         (self.peers.values())
             .filter(|p| matches!(p.link, Link::Idle))
             .filter_map(|p| {
-                let ready = p.addresses.iter().map(Addr::ready_at).min()?;
+                let dialable =
+                    p.addresses.iter().filter(|a| self.rules.dialable(a.address.protocol()));
+                let ready = dialable.map(Addr::ready_at).min()?;
                 let at = p.banned_until.map_or(ready, |until| until.max(ready));
                 (at > self.clock).then_some(at)
             })
             .min()
     }
 
-    /// A dial returned by [`dial_next`](Self::dial_next) failed: schedules the retry, or
-    /// forgets the address after too many failures. Ignored unless we were dialing `addr`.
+    /// A dial returned by [`dial_next`](Self::dial_next) failed, `addr` (the address from
+    /// `dial_next` or one of the [`fallback_addresses`](Self::fallback_addresses)) last:
+    /// schedules its retry, or forgets it after too many failures, and costs the peer
+    /// [`DIAL_FAILURE_PENALTY`]. Ignored unless we were dialing `addr`'s peer.
     pub fn dial_failed(&mut self, addr: &NodeAddress, now: Timestamp) {
         self.tick(now);
         let id = addr.node_id();
@@ -807,31 +945,17 @@ impl PeerManager {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        if !matches!(&peer.link, Link::Dialing(dialing) if dialing == addr) {
+        let known = peer.addresses.iter().any(|a| a.address == *addr);
+        if !matches!(&peer.link, Link::Dialing(dialing) if dialing == addr || known) {
             tracing::debug!(%addr, "ignoring failure of a dial that is not in progress");
             return;
         }
         peer.link = Link::Idle;
         peer.adjust_score(-DIAL_FAILURE_PENALTY, now, half_life);
         self.dirty.insert(id);
-        let persistent = peer.persistent;
-        let Some(pos) = peer.addresses.iter().position(|a| a.address == *addr) else {
-            return;
-        };
-        let Some(entry) = peer.addresses.get_mut(pos) else {
-            return;
-        };
-        entry.failures = entry.failures.saturating_add(1);
-        entry.last_failure = Some(now);
-        if !persistent && entry.failures > self.config.max_dial_failures {
-            tracing::debug!(%addr, failures = entry.failures, "forgetting address");
-            peer.addresses.remove(pos);
-            if peer.addresses.is_empty() && peer.ban_until(now).is_none() {
-                self.forget(id);
-            }
-        } else {
-            let delay = backoff(&self.config, &mut self.rng, entry.failures, persistent);
-            entry.retry_at = Some(now + delay);
+        let empty = peer.address_failed(addr, now, &self.config, &mut self.rng);
+        if empty && peer.ban_until(now).is_none() && !peer.persistent {
+            self.forget(id);
         }
     }
 
@@ -869,12 +993,18 @@ impl PeerManager {
             }
             _ => return Err(Rejection::NotDialing),
         };
-        // A successful dial resets the address.
-        if let Some(entry) = self.peers.get_mut(&id).and_then(|p| p.address_mut(addr))
-            && (entry.failures > 0 || entry.retry_at.is_some())
-        {
-            *entry = Addr::new(addr.clone());
-            self.dirty.insert(id);
+        // A successful dial resets the address and makes its protocol the one to try first.
+        if let Some(peer) = self.peers.get_mut(&id) {
+            if peer.last_protocol.as_ref() != Some(addr.protocol()) {
+                peer.last_protocol = Some(addr.protocol().clone());
+                self.dirty.insert(id);
+            }
+            if let Some(entry) = peer.address_mut(addr)
+                && (entry.failures > 0 || entry.retry_at.is_some())
+            {
+                *entry = Addr::new(addr.clone());
+                self.dirty.insert(id);
+            }
         }
         Ok(admission)
     }

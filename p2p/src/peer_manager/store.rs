@@ -32,6 +32,10 @@ pub struct PeerRecord {
     pub banned_until: Option<Timestamp>,
     /// When a connection to it last became ready.
     pub last_connected: Option<Timestamp>,
+    /// The protocol (URL scheme) of its last successful dial; absent in records written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_protocol: Option<String>,
 }
 
 /// One address of a [`PeerRecord`].

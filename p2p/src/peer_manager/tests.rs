@@ -570,7 +570,8 @@ fn store_round_trip_keeps_peers_scores_and_bans() {
         pm.report(id(2), Severity::Ban, start);
         pm.disconnected(id(2), ConnectionId(2), start);
         assert_eq!(pm.dial_next(start), Some(addr(4)));
-        assert_eq!(pm.dial_next(start), Some(addr(1)));
+        // Peer 1's MConn address ranks before its memory one (not in `protocol_preference`).
+        assert_eq!(pm.dial_next(start), Some(addr_port(1, 26656)));
         assert_eq!(pm.dial_next(start), Some(addr(3)));
         pm.dial_failed(&addr(3), start);
         store.apply(&pm.drain_dirty()).unwrap();
@@ -680,6 +681,7 @@ fn pm_record(pm: &PeerManager, n: u8) -> PeerRecord {
         score_updated_at: t(0),
         banned_until: None,
         last_connected: None,
+        last_protocol: None,
     }
 }
 
@@ -857,4 +859,131 @@ fn random_operations_keep_invariants() {
     }
     let [accepted, replaced, rejected, evicted] = stats;
     assert!(accepted > 100 && replaced > 10 && rejected > 100 && evicted > 10, "{stats:?}");
+}
+
+fn quic(n: u8) -> NodeAddress {
+    format!("quic://{}@127.0.0.1:26656", id(n)).parse().unwrap()
+}
+
+fn mconn(n: u8) -> NodeAddress {
+    addr_port(n, 26656)
+}
+
+/// Dials peer `n` at `address` (which `dial_next` must return) and admits the connection.
+fn dial_and_connect(pm: &mut PeerManager, address: &NodeAddress, conn: u64, now: Timestamp) {
+    let n = address.node_id();
+    assert_eq!(pm.dialed(address, ConnectionId(conn), now), Ok(Admission::Accepted));
+    pm.ready(n, ConnectionId(conn), now);
+}
+
+#[test]
+fn quic_is_preferred_and_mconn_is_the_fallback() {
+    let mut pm = manager(config());
+    // Learned MConn first: the preference, not the order of learning, decides.
+    pm.add_address(mconn(1), t(0)).unwrap();
+    pm.add_address(quic(1), t(0)).unwrap();
+    assert_eq!(pm.fallback_addresses(id(1), t(0)), vec![], "not dialing yet");
+    assert_eq!(pm.dial_next(t(0)), Some(quic(1)));
+    assert_eq!(pm.fallback_addresses(id(1), t(0)), vec![mconn(1)]);
+
+    // QUIC fails (UDP blocked), MConn connects: no score lost, QUIC backs off.
+    pm.attempt_failed(&quic(1), t(100));
+    assert!(approx(pm.score(id(1), t(100)).unwrap(), 0.0), "an attempt costs no score");
+    assert!(pm.is_dialing(id(1)), "the dial goes on");
+    dial_and_connect(&mut pm, &mconn(1), 1, t(110));
+    assert_eq!(pm.connection(id(1)), Some((ConnectionId(1), Direction::Outbound)));
+
+    // After a disconnect (and QUIC's backoff), the protocol that worked is tried first.
+    pm.disconnected(id(1), ConnectionId(1), t(200));
+    let later = t(3_600_000);
+    assert_eq!(pm.dial_next(later), Some(mconn(1)), "the remembered protocol first");
+    assert_eq!(pm.fallback_addresses(id(1), later), vec![quic(1)]);
+
+    // The remembered protocol fails: it is forgotten, and the preference applies again among
+    // addresses with as many failures.
+    pm.dial_failed(&mconn(1), later);
+    assert!(pm.score(id(1), later).unwrap() < CONNECTED_REWARD, "a failed dial costs score");
+    let much_later = later + HOUR;
+    assert_eq!(pm.dial_next(much_later), Some(quic(1)));
+}
+
+#[test]
+fn a_successful_quic_dial_is_remembered_too() {
+    let mut pm = manager(config());
+    pm.add_address(quic(1), t(0)).unwrap();
+    pm.add_address(mconn(1), t(0)).unwrap();
+    assert_eq!(pm.dial_next(t(0)), Some(quic(1)));
+    dial_and_connect(&mut pm, &quic(1), 1, t(10));
+    pm.disconnected(id(1), ConnectionId(1), t(20));
+    assert_eq!(pm.dial_next(t(3_600_000)), Some(quic(1)));
+}
+
+#[test]
+fn only_dialable_protocols_are_dialed() {
+    let mut pm = manager(config());
+    pm.set_dialable_protocols([Protocol::MCONN]);
+    pm.add_address(quic(1), t(0)).unwrap();
+    pm.add_address(quic(2), t(0)).unwrap();
+    pm.add_address(mconn(2), t(0)).unwrap();
+    // Peer 1 has only a QUIC address: kept (e.g. for PEX), never dialed.
+    assert_eq!(pm.dial_next(t(0)), Some(mconn(2)));
+    assert_eq!(pm.fallback_addresses(id(2), t(0)), vec![], "QUIC is not dialable");
+    assert_eq!(pm.dial_next(t(0)), None);
+    assert_eq!(pm.addresses(id(1)), vec![quic(1)]);
+    assert_eq!(pm.next_dial_at(), None);
+}
+
+#[test]
+fn attempt_failed_is_ignored_unless_dialing() {
+    let mut pm = manager(config());
+    pm.add_address(quic(1), t(0)).unwrap();
+    pm.attempt_failed(&quic(1), t(0));
+    assert_eq!(pm.dial_next(t(0)), Some(quic(1)), "no backoff was recorded");
+}
+
+#[test]
+fn dial_failed_accepts_any_address_of_the_dialed_peer() {
+    let mut pm = manager(config());
+    pm.add_address(quic(1), t(0)).unwrap();
+    pm.add_address(mconn(1), t(0)).unwrap();
+    assert_eq!(pm.dial_next(t(0)), Some(quic(1)));
+    pm.attempt_failed(&quic(1), t(10));
+    pm.dial_failed(&mconn(1), t(20));
+    assert!(!pm.is_dialing(id(1)));
+    // Both addresses back off.
+    assert_eq!(pm.dial_next(t(20)), None);
+    assert!(pm.next_dial_at().is_some_and(|at| at > t(20)));
+}
+
+#[test]
+fn the_remembered_protocol_survives_a_restart() {
+    let store = PeerStore::in_memory().unwrap();
+    {
+        let mut pm = manager(config());
+        pm.add_address(quic(1), t(0)).unwrap();
+        pm.add_address(mconn(1), t(0)).unwrap();
+        assert_eq!(pm.dial_next(t(0)), Some(quic(1)));
+        pm.attempt_failed(&quic(1), t(5));
+        dial_and_connect(&mut pm, &mconn(1), 1, t(10));
+        store.apply(&pm.drain_dirty()).unwrap();
+    }
+    let records = store.load().unwrap();
+    assert_eq!(records.first().and_then(|r| r.last_protocol.as_deref()), Some("mconn"));
+    let later = t(3_600_000);
+    let mut pm = PeerManager::new(id(SELF), config(), records, later);
+    assert_eq!(pm.dial_next(later), Some(mconn(1)));
+}
+
+#[test]
+fn a_fallback_that_won_the_race_is_remembered_over_the_preference() {
+    let mut pm = manager(config());
+    pm.add_address(quic(1), t(0)).unwrap();
+    pm.add_address(mconn(1), t(0)).unwrap();
+    assert_eq!(pm.dial_next(t(0)), Some(quic(1)));
+    // QUIC was slow, MConn (started after the fallback delay) connected first; the QUIC
+    // attempt was abandoned, not failed, so both addresses have no failures.
+    dial_and_connect(&mut pm, &mconn(1), 1, t(400));
+    pm.disconnected(id(1), ConnectionId(1), t(500));
+    assert_eq!(pm.dial_next(t(3_600_000)), Some(mconn(1)));
+    assert_eq!(pm.fallback_addresses(id(1), t(3_600_000)), vec![quic(1)]);
 }

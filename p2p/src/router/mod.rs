@@ -31,6 +31,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc, watch};
+use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use channel::ChannelStats;
@@ -44,10 +45,12 @@ use crate::address::{Endpoint, NodeAddress, Protocol};
 use crate::key::NodeKey;
 use crate::node_info::NodeInfo;
 use crate::peer_manager::{
-    AddAddressError, Admission, ConnectionId, Direction, PeerManager, PeerManagerConfig, PeerStore,
-    PeerUpdate, Severity, Timestamp,
+    AddAddressError, Admission, ConnectionId, Direction, EvictReason, PeerManager,
+    PeerManagerConfig, PeerStore, PeerUpdate, Severity, Timestamp,
 };
-use crate::transport::{Connection, ConnectionError, HandshakeError, Transport, TransportError};
+use crate::transport::{
+    CloseReason, Connection, ConnectionError, HandshakeError, Transport, TransportError,
+};
 use crate::types::{ChannelId, NodeId};
 
 /// Router settings.
@@ -73,6 +76,13 @@ pub struct RouterConfig {
     pub store_flush_interval: Duration,
     /// Time a stopping router gives peers to flush their queues. Default 5 s.
     pub shutdown_grace: Duration,
+    /// When a peer has several dialable addresses (say `quic://` and `mconn://`), how long the
+    /// router waits for the preferred one to connect before it also tries the next one, in
+    /// parallel (the first to connect wins, the others are abandoned; a failure starts the next
+    /// at once). Default 300 ms: enough for a QUIC handshake across most of the world, short
+    /// enough that a node whose UDP is blocked falls back to TCP well within
+    /// [`dial_timeout`](Self::dial_timeout).
+    pub fallback_delay: Duration,
 }
 
 impl Default for RouterConfig {
@@ -87,6 +97,7 @@ impl Default for RouterConfig {
             writer_batch_bytes: 256 * 1024,
             store_flush_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
+            fallback_delay: Duration::from_millis(300),
         }
     }
 }
@@ -223,8 +234,35 @@ pub struct RouterStats {
     pub peer_updates_lagged: u64,
     /// Queued messages discarded because their peer disconnected.
     pub dropped_on_disconnect: u64,
+    /// Dials that connected through an address other than the preferred one (for example
+    /// MConn after QUIC failed or was slow).
+    pub dial_fallbacks: u64,
     /// Per-channel counters.
     pub channels: Vec<(ChannelId, ChannelStatsSnapshot)>,
+    /// Per-transport-protocol counters, for every protocol a transport serves.
+    pub protocols: Vec<(Protocol, ProtocolStats)>,
+}
+
+/// Counters of one transport protocol, in [`RouterStats::protocols`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProtocolStats {
+    /// Dials whose connection over this protocol was admitted.
+    pub dials_succeeded: u64,
+    /// Connection attempts over this protocol that failed (connect or handshake), including
+    /// attempts after which the dial fell back to another address.
+    pub attempts_failed: u64,
+    /// Inbound connections over this protocol that were admitted.
+    pub accepted: u64,
+    /// Peers connected over this protocol now.
+    pub connected: usize,
+}
+
+#[derive(Debug, Default)]
+struct ProtocolCounters {
+    dials_succeeded: AtomicU64,
+    attempts_failed: AtomicU64,
+    accepted: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -237,6 +275,7 @@ struct Counters {
     handshake_failures: AtomicU64,
     rejected: AtomicU64,
     dropped_on_disconnect: AtomicU64,
+    dial_fallbacks: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -302,6 +341,10 @@ pub(crate) struct PeerHandle {
     node_info: NodeInfo,
     endpoint: Endpoint,
     stop: Notify,
+    /// Why the router disconnects it (the first reason given wins).
+    close_reason: Mutex<Option<CloseReason>>,
+    /// The reason of the last report that disconnects it, for the close reason.
+    misbehaviour: Mutex<Option<String>>,
 }
 
 impl PeerHandle {
@@ -311,8 +354,22 @@ impl PeerHandle {
     }
 
     /// Tells the peer task to disconnect now, discarding queued messages.
-    fn disconnect(&self) {
+    fn disconnect(&self, reason: CloseReason) {
+        self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
         self.stop.notify_one();
+    }
+
+    fn take_close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn note_misbehaviour(&self, reason: &str) {
+        *self.misbehaviour.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
+    }
+
+    fn misbehaviour(&self) -> String {
+        let noted = self.misbehaviour.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        noted.unwrap_or_else(|| "reported by a reactor".to_owned())
     }
 }
 
@@ -348,6 +405,8 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     next_conn: AtomicU64,
     counters: Counters,
+    /// Per-protocol counters, one entry per protocol some transport serves (set at start).
+    protocol_counters: OnceLock<Vec<(Protocol, ProtocolCounters)>>,
 }
 
 impl fmt::Debug for Shared {
@@ -402,7 +461,10 @@ impl Shared {
                 debug!(peer = %error.node_id, reason = %error.reason, "peer penalised")
             }
             _ => {
-                info!(peer = %error.node_id, severity = ?error.severity, reason = %error.reason, "peer misbehaved")
+                info!(peer = %error.node_id, severity = ?error.severity, reason = %error.reason, "peer misbehaved");
+                if let Some(handle) = self.peers.load().get(&error.node_id) {
+                    handle.note_misbehaviour(&error.reason);
+                }
             }
         }
         self.with_pm(|pm, now| pm.report(error.node_id, error.severity, now));
@@ -426,6 +488,15 @@ impl Shared {
         let mut map = PeerMap::clone(&self.peers.load());
         f(&mut map);
         self.peers.store(Arc::new(map));
+    }
+
+    /// Bumps a per-protocol counter.
+    fn bump_protocol(&self, protocol: &Protocol, f: impl FnOnce(&ProtocolCounters) -> &AtomicU64) {
+        if let Some((_, c)) =
+            self.protocol_counters.get().and_then(|all| all.iter().find(|(p, _)| p == protocol))
+        {
+            bump(f(c));
+        }
     }
 
     fn transports_for(&self, protocol: &Protocol) -> &[Arc<dyn Transport>] {
@@ -487,6 +558,7 @@ impl Router {
             shutdown,
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
+            protocol_counters: OnceLock::new(),
         });
         Ok(Self { shared, setup: Mutex::new(Some(Setup::default())), supervisor: Mutex::new(None) })
     }
@@ -608,6 +680,23 @@ impl Router {
             rejected: l(&c.rejected),
             peer_updates_lagged: l(&self.shared.lagged),
             dropped_on_disconnect: l(&c.dropped_on_disconnect),
+            dial_fallbacks: l(&c.dial_fallbacks),
+            protocols: {
+                let peers = self.shared.peers.load();
+                (self.shared.protocol_counters.get().into_iter().flatten())
+                    .map(|(protocol, pc)| {
+                        let connected =
+                            peers.values().filter(|p| p.endpoint.protocol == *protocol).count();
+                        let stats = ProtocolStats {
+                            dials_succeeded: l(&pc.dials_succeeded),
+                            attempts_failed: l(&pc.attempts_failed),
+                            accepted: l(&pc.accepted),
+                            connected,
+                        };
+                        (protocol.clone(), stats)
+                    })
+                    .collect()
+            },
             channels: self
                 .shared
                 .table()
@@ -632,8 +721,14 @@ impl Router {
         let mut info = shared.base_info.clone();
         info.channels = setup.table.routes.iter().map(|r| r.descriptor.id).collect();
         if info.listen_addr.is_empty() {
-            // Advertise the first listening endpoint unless the caller set an address.
-            if let Some(e) = setup.transports.iter().flat_map(|t| t.endpoints()).next() {
+            // Advertise a listening endpoint unless the caller set an address: an MConn one if
+            // there is one (Go nodes read `listen_addr` as the TCP address to dial), else the
+            // first.
+            let endpoints: Vec<Endpoint> =
+                setup.transports.iter().flat_map(|t| t.endpoints()).collect();
+            let advertised = (endpoints.iter().find(|e| e.protocol == Protocol::MCONN))
+                .or_else(|| endpoints.first());
+            if let Some(e) = advertised {
                 info.listen_addr = match &e.addr {
                     crate::address::EndpointAddr::Socket(a) => a.to_string(),
                     _ => e.to_string(),
@@ -647,6 +742,12 @@ impl Router {
                 by_protocol.entry(p).or_default().push(t.clone());
             }
         }
+        let mut protocols: Vec<Protocol> = by_protocol.keys().cloned().collect();
+        protocols.sort();
+        shared.lock_pm().set_dialable_protocols(protocols.iter().cloned());
+        let _ = shared
+            .protocol_counters
+            .set(protocols.into_iter().map(|p| (p, ProtocolCounters::default())).collect());
         let _ = shared.transports.set(by_protocol);
         let _ = shared.table.set(setup.table);
 
@@ -683,7 +784,7 @@ impl Router {
             if tokio::time::timeout_at(deadline, gone).await.is_err() {
                 warn!(peers = shared.peers.load().len(), "peers did not flush in time; closing");
                 for peer in shared.peers.load().values() {
-                    peer.disconnect();
+                    peer.disconnect(CloseReason::Normal);
                 }
                 break;
             }
@@ -709,7 +810,7 @@ impl Drop for Router {
         }
         let _ = shared.shutdown.send(true);
         for peer in shared.peers.load().values() {
-            peer.disconnect();
+            peer.disconnect(CloseReason::Normal);
         }
     }
 }
@@ -719,7 +820,7 @@ impl Drop for Router {
 type LoopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 async fn supervise_all(shared: Arc<Shared>, transports: Vec<Arc<dyn Transport>>) {
-    let mut set = tokio::task::JoinSet::new();
+    let mut set = JoinSet::new();
     {
         let s = shared.clone();
         set.spawn(supervise(s.clone(), "dial", move || Box::pin(dial_loop(s.clone()))));
@@ -810,38 +911,146 @@ async fn dial_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn dial_peer(shared: &Arc<Shared>, address: NodeAddress) {
-    match dial_and_handshake(shared, &address).await {
-        Err(e) => {
-            // Cause first, then the total: a reader that sees the dial failure sees its cause.
-            if matches!(e, DialError::Handshake { .. }) {
-                bump(&shared.counters.handshake_failures);
+/// Dials `primary`'s peer: `primary` first, then, racing it, the peer's other dialable
+/// addresses (see [`RouterConfig::fallback_delay`]); the first transport connection wins and
+/// goes through the node handshake.
+async fn dial_peer(shared: &Arc<Shared>, primary: NodeAddress) {
+    let peer = primary.node_id();
+    let fallbacks = shared.with_pm_quiet(|pm, now| pm.fallback_addresses(peer, now));
+    let (winner, failures) = race_connect(shared, primary.clone(), fallbacks).await;
+    for (address, error) in &failures {
+        shared.bump_protocol(address.protocol(), |c| &c.attempts_failed);
+        if winner.is_some() {
+            info!(%address, %error, "connection attempt failed; another address is in use");
+        }
+    }
+    let Some((address, conn)) = winner else {
+        // Every address failed: the dial fails with the last one, the others back off.
+        let mut failures = failures;
+        let last = failures.pop();
+        shared.with_pm(|pm, now| {
+            for (address, _) in &failures {
+                pm.attempt_failed(address, now);
             }
+            if let Some((address, _)) = &last {
+                pm.dial_failed(address, now);
+            } else {
+                // Nothing was attempted (cannot happen: the primary always is); end the dial.
+                pm.dial_failed(&primary, now);
+            }
+        });
+        bump(&shared.counters.dials_failed);
+        if let Some((_, e)) = last {
+            info!(error = %e, "dial failed");
+        }
+        return;
+    };
+    shared.with_pm_quiet(|pm, now| {
+        for (address, _) in &failures {
+            pm.attempt_failed(address, now);
+        }
+    });
+    if address != primary {
+        bump(&shared.counters.dial_fallbacks);
+        info!(
+            preferred = %primary,
+            used = %address,
+            protocol = %address.protocol(),
+            "fell back to another address of the peer"
+        );
+    }
+    let endpoint = conn.remote_endpoint();
+    let (conn, info) = match handshake(shared, conn, Some(peer)).await {
+        Ok(x) => x,
+        Err(source) => {
+            bump(&shared.counters.handshake_failures);
             bump(&shared.counters.dials_failed);
+            shared.bump_protocol(address.protocol(), |c| &c.attempts_failed);
+            let e = DialError::Handshake { endpoint, source };
             info!(error = %e, "dial failed");
             shared.with_pm(|pm, now| pm.dial_failed(&address, now));
+            return;
         }
-        Ok((conn, info)) => {
-            let conn_id = ConnectionId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
-            match shared.with_pm(|pm, now| pm.dialed(&address, conn_id, now)) {
-                Ok(admission) => {
-                    bump(&shared.counters.dials_succeeded);
-                    spawn_peer(shared, conn, info, conn_id, Direction::Outbound, admission);
+    };
+    let conn_id = ConnectionId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
+    match shared.with_pm(|pm, now| pm.dialed(&address, conn_id, now)) {
+        Ok(admission) => {
+            bump(&shared.counters.dials_succeeded);
+            shared.bump_protocol(address.protocol(), |c| &c.dials_succeeded);
+            spawn_peer(shared, conn, info, conn_id, Direction::Outbound, admission);
+        }
+        Err(rejection) => {
+            bump(&shared.counters.rejected);
+            info!(reason = %rejection, "dialled peer not admitted");
+            conn.close().await;
+        }
+    }
+}
+
+/// Connects to the first of `primary` and `fallbacks` that answers: `primary` at once, each
+/// next address when the previous attempt failed or [`RouterConfig::fallback_delay`] passed,
+/// whichever comes first. Returns the winner (the other attempts are abandoned, closing what
+/// they opened) and the attempts that failed, in order of failure.
+async fn race_connect(
+    shared: &Arc<Shared>,
+    primary: NodeAddress,
+    fallbacks: Vec<NodeAddress>,
+) -> (Option<(NodeAddress, Box<dyn Connection>)>, Vec<(NodeAddress, DialError)>) {
+    let mut pending = std::iter::once(primary).chain(fallbacks);
+    let mut attempts: JoinSet<Result<Box<dyn Connection>, DialError>> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, NodeAddress> = HashMap::new();
+    let mut failures = Vec::new();
+    let mut next = pending.next();
+    let mut next_at = tokio::time::Instant::now();
+    loop {
+        if let Some(address) = next.take_if(|_| attempts.is_empty()) {
+            let s = shared.clone();
+            let a = address.clone();
+            let handle = attempts.spawn(async move { connect(&s, &a).await }.in_current_span());
+            running.insert(handle.id(), address);
+            next = pending.next();
+            next_at = tokio::time::Instant::now() + shared.config.fallback_delay;
+            continue;
+        }
+        tokio::select! {
+            joined = attempts.join_next_with_id() => {
+                let (id, result) = match joined {
+                    None => return (None, failures),
+                    Some(Ok((id, result))) => (id, result),
+                    Some(Err(e)) => {
+                        let error = DialError::Resolve(format!("connection attempt panicked: {e}"));
+                        (e.id(), Err(error))
+                    }
+                };
+                let Some(address) = running.remove(&id) else { continue };
+                match result {
+                    Ok(conn) => return (Some((address, conn)), failures),
+                    Err(error) => {
+                        debug!(%address, %error, "connection attempt failed");
+                        failures.push((address, error));
+                    }
                 }
-                Err(rejection) => {
-                    bump(&shared.counters.rejected);
-                    info!(reason = %rejection, "dialled peer not admitted");
-                    conn.close().await;
+            }
+            _ = tokio::time::sleep_until(next_at), if next.is_some() => {
+                if let Some(address) = next.take() {
+                    let s = shared.clone();
+                    let a = address.clone();
+                    let handle =
+                        attempts.spawn(async move { connect(&s, &a).await }.in_current_span());
+                    running.insert(handle.id(), address);
+                    next = pending.next();
+                    next_at = tokio::time::Instant::now() + shared.config.fallback_delay;
                 }
             }
         }
     }
 }
 
-async fn dial_and_handshake(
+/// Resolves `address` and connects a transport to it (no node handshake yet).
+async fn connect(
     shared: &Arc<Shared>,
     address: &NodeAddress,
-) -> Result<(Box<dyn Connection>, NodeInfo), DialError> {
+) -> Result<Box<dyn Connection>, DialError> {
     let endpoints = address.resolve().await.map_err(|e| DialError::Resolve(e.to_string()))?;
     let mut last = DialError::NoEndpoints;
     for endpoint in endpoints {
@@ -851,26 +1060,30 @@ async fn dial_and_handshake(
             continue;
         }
         for transport in transports {
-            let dialled =
-                tokio::time::timeout(shared.config.dial_timeout, transport.dial(&endpoint)).await;
-            let conn = match dialled {
-                Ok(Ok(conn)) => conn,
+            let connect = async {
+                let mut conn = transport.dial(&endpoint).await?;
+                match conn.establish().await {
+                    Ok(()) => Ok(Ok(conn)),
+                    Err(e) => {
+                        conn.close().await;
+                        Ok(Err(e))
+                    }
+                }
+            };
+            let dialled = tokio::time::timeout(shared.config.dial_timeout, connect).await;
+            match dialled {
+                Ok(Ok(Ok(conn))) => return Ok(conn),
+                Ok(Ok(Err(source))) => {
+                    last = DialError::Handshake { endpoint: endpoint.clone(), source };
+                }
                 Ok(Err(TransportError::UnsupportedProtocol(p))) => {
                     last = DialError::NoTransport(p);
-                    continue;
                 }
                 Ok(Err(source)) => {
                     last = DialError::Transport { endpoint: endpoint.clone(), source };
-                    continue;
                 }
-                Err(_) => {
-                    last = DialError::Timeout(endpoint.clone());
-                    continue;
-                }
-            };
-            return handshake(shared, conn, Some(address.node_id()))
-                .await
-                .map_err(|source| DialError::Handshake { endpoint: endpoint.clone(), source });
+                Err(_) => last = DialError::Timeout(endpoint.clone()),
+            }
         }
     }
     Err(last)
@@ -996,7 +1209,10 @@ async fn accept_peer(shared: &Arc<Shared>, conn: Box<dyn Connection>) {
     let conn_id = ConnectionId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let peer = info.node_id;
     match shared.with_pm(|pm, now| pm.accepted(peer, conn_id, now)) {
-        Ok(admission) => spawn_peer(shared, conn, info, conn_id, Direction::Inbound, admission),
+        Ok(admission) => {
+            shared.bump_protocol(&conn.remote_endpoint().protocol, |c| &c.accepted);
+            spawn_peer(shared, conn, info, conn_id, Direction::Inbound, admission);
+        }
         Err(rejection) => {
             bump(&shared.counters.rejected);
             info!(%peer, reason = %rejection, "inbound peer not admitted");
@@ -1029,6 +1245,8 @@ fn spawn_peer(
         endpoint: conn.remote_endpoint(),
         node_info: info,
         stop: Notify::new(),
+        close_reason: Mutex::new(None),
+        misbehaviour: Mutex::new(None),
     });
     let mut replaced = None;
     shared.update_peers(|map| {
@@ -1040,7 +1258,7 @@ fn spawn_peer(
     }
     if let Some(old) = replaced {
         debug!(peer = %old.node_id, old = %old.conn_id, new = %conn_id, ?admission, "connection replaced");
-        old.disconnect();
+        old.disconnect(CloseReason::Replaced);
     }
     let conn: Arc<dyn Connection> = Arc::from(conn);
     let s = shared.clone();
@@ -1051,7 +1269,12 @@ fn spawn_peer(
 async fn run_peer(shared: Arc<Shared>, conn: Arc<dyn Connection>, handle: Arc<PeerHandle>) {
     let peer = handle.node_id;
     shared.with_pm(|pm, now| pm.ready(peer, handle.conn_id, now));
-    info!(direction = ?handle.direction, endpoint = %handle.endpoint, "peer connected");
+    info!(
+        direction = ?handle.direction,
+        protocol = %handle.endpoint.protocol,
+        endpoint = %handle.endpoint,
+        "peer connected"
+    );
     let mut reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), peer));
     let reason: String = tokio::select! {
         r = write_loop(&shared, conn.as_ref(), &handle) => match r {
@@ -1069,7 +1292,8 @@ async fn run_peer(shared: Arc<Shared>, conn: Arc<dyn Connection>, handle: Arc<Pe
     if dropped > 0 {
         shared.counters.dropped_on_disconnect.fetch_add(dropped as u64, Ordering::Relaxed);
     }
-    if tokio::time::timeout(Duration::from_secs(2), conn.close()).await.is_err() {
+    let close = handle.take_close_reason().unwrap_or(CloseReason::Normal);
+    if tokio::time::timeout(Duration::from_secs(2), conn.close_with(&close)).await.is_err() {
         debug!("connection close timed out");
     }
     shared.update_peers(|map| {
@@ -1158,8 +1382,14 @@ async fn evict_loop(shared: Arc<Shared>) {
         let peers = shared.peers.load();
         for e in evictions {
             if let Some(p) = peers.get(&e.node_id).filter(|p| p.conn_id == e.connection) {
-                info!(peer = %e.node_id, reason = ?e.reason, "evicting peer");
-                p.disconnect();
+                let reason = match e.reason {
+                    EvictReason::Upgrade => CloseReason::Evicted,
+                    EvictReason::Replaced => CloseReason::Replaced,
+                    EvictReason::Misbehaved => CloseReason::Misbehaved(p.misbehaviour()),
+                    EvictReason::Banned => CloseReason::Banned(p.misbehaviour()),
+                };
+                info!(peer = %e.node_id, %reason, "evicting peer");
+                p.disconnect(reason);
             }
         }
         tokio::select! {
