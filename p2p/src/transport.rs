@@ -199,6 +199,38 @@ pub enum HandshakeError {
     Connection(#[from] ConnectionError),
 }
 
+impl HandshakeError {
+    /// All values of [`reason`](Self::reason), for metrics that list every reason.
+    pub const REASONS: [&'static str; 8] = [
+        "authentication",
+        "invalid_node_info",
+        "incompatible",
+        "id_mismatch",
+        "self_connection",
+        "protocol",
+        "timeout",
+        "connection",
+    ];
+
+    /// A short, stable, low-cardinality name of the failure, for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Authentication(_) => "authentication",
+            Self::InvalidNodeInfo(
+                NodeInfoError::NetworkMismatch { .. }
+                | NodeInfoError::BlockProtocolMismatch { .. }
+                | NodeInfoError::NoCommonChannel { .. },
+            ) => "incompatible",
+            Self::InvalidNodeInfo(_) => "invalid_node_info",
+            Self::IdMismatch { .. } => "id_mismatch",
+            Self::SelfConnection(_) => "self_connection",
+            Self::Protocol(_) => "protocol",
+            Self::Timeout(_) => "timeout",
+            Self::Connection(_) => "connection",
+        }
+    }
+}
+
 /// Errors from [`Connection::send`] and [`Connection::receive`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

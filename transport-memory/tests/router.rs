@@ -527,3 +527,37 @@ async fn dials_run_concurrently_within_the_limit() {
     }
     assert_eq!(transport.max_in_flight.load(std::sync::atomic::Ordering::SeqCst), LIMIT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_except_skips_one_peer_and_sent_bytes_are_counted() {
+    let net = MemoryNetwork::default();
+    let desc = ChannelDescriptor::new(ChannelId(0x30));
+    let mut hub = TestNode::new(&net, "hub", opts());
+    let spokes: Vec<TestNode> =
+        (0..3).map(|i| TestNode::new(&net, &format!("s{i}"), opts())).collect();
+    let ch = hub.channel::<Seq>(desc.clone());
+    let mut chans: Vec<_> = spokes.iter().map(|s| s.channel::<Seq>(desc.clone())).collect();
+    hub.start();
+    for s in &spokes {
+        s.start();
+        hub.dial(s);
+    }
+    let ids: Vec<_> = spokes.iter().map(|s| s.id).collect();
+    hub.wait_up(&ids, T).await;
+    let out = ch.send(Outbound::broadcast_except(ids[0], Seq(7))).await.unwrap();
+    assert_eq!(out.queued, 2);
+    // Then a plain broadcast: spoke 0's first message must be this one.
+    assert_eq!(ch.send(Outbound::broadcast(Seq(8))).await.unwrap().queued, 3);
+    assert_eq!(recv(&mut chans[0]).await.message, Seq(8), "spoke 0 got the excluded message");
+    for c in &mut chans[1..] {
+        assert_eq!(recv(c).await.message, Seq(7));
+        assert_eq!(recv(c).await.message, Seq(8));
+    }
+    let stats = ch.stats();
+    assert_eq!((stats.sent_queued, stats.sent), (5, 5));
+    let msg_len = prost::Message::encoded_len(&Seq(7).wrap()) as u64;
+    assert_eq!(stats.sent_bytes, 5 * msg_len);
+    let peers = hub.router.connected_peers();
+    let total: u64 = peers.iter().map(|p| p.sent_bytes).sum();
+    assert_eq!(total, 5 * msg_len);
+}

@@ -123,6 +123,9 @@ pub enum Recipient {
     Peer(NodeId),
     /// Every connected peer that has the channel.
     Broadcast,
+    /// Every connected peer that has the channel, except this one (typically the peer a
+    /// gossiped message came from).
+    BroadcastExcept(NodeId),
 }
 
 /// A message to send.
@@ -143,6 +146,11 @@ impl<M> Outbound<M> {
     /// A message for every connected peer that has the channel.
     pub fn broadcast(message: M) -> Self {
         Self { to: Recipient::Broadcast, message }
+    }
+
+    /// A message for every connected peer that has the channel, except `peer`.
+    pub fn broadcast_except(peer: NodeId, message: M) -> Self {
+        Self { to: Recipient::BroadcastExcept(peer), message }
     }
 }
 
@@ -192,6 +200,8 @@ pub enum SendError {
 #[derive(Debug, Default)]
 pub(crate) struct ChannelStats {
     pub(crate) sent_queued: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) sent_bytes: AtomicU64,
     pub(crate) dropped_full: AtomicU64,
     pub(crate) dropped_oldest: AtomicU64,
     pub(crate) dropped_timeout: AtomicU64,
@@ -207,6 +217,10 @@ pub(crate) struct ChannelStats {
 pub struct ChannelStatsSnapshot {
     /// Messages queued to peers (a broadcast counts once per peer).
     pub sent_queued: u64,
+    /// Messages handed to peers' connections.
+    pub sent: u64,
+    /// Bytes of the messages handed to peers' connections.
+    pub sent_bytes: u64,
     /// Dropped because a peer's queue was full (`DropNewest`).
     pub dropped_full: u64,
     /// Older messages dropped to make room (`DropOldest`).
@@ -228,6 +242,8 @@ impl ChannelStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ChannelStatsSnapshot {
             sent_queued: l(&self.sent_queued),
+            sent: l(&self.sent),
+            sent_bytes: l(&self.sent_bytes),
             dropped_full: l(&self.dropped_full),
             dropped_oldest: l(&self.dropped_oldest),
             dropped_timeout: l(&self.dropped_timeout),
@@ -395,6 +411,11 @@ impl<M: Wrapper> ChannelSender<M> {
             }
             Recipient::Broadcast => {
                 for peer in peers.values().filter(|p| p.has_channel(ch)) {
+                    push(peer, &mut outcome);
+                }
+            }
+            Recipient::BroadcastExcept(except) => {
+                for peer in peers.values().filter(|p| p.node_id != except && p.has_channel(ch)) {
                     push(peer, &mut outcome);
                 }
             }

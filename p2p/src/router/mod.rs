@@ -210,6 +210,10 @@ pub struct PeerSummary {
     pub endpoint: Endpoint,
     /// Messages and bytes waiting in its outbound queue.
     pub backlog: (usize, usize),
+    /// Message bytes sent to it on this connection (handed to the transport).
+    pub sent_bytes: u64,
+    /// Message bytes received from it on this connection.
+    pub received_bytes: u64,
 }
 
 /// Router counters.
@@ -228,6 +232,12 @@ pub struct RouterStats {
     pub accept_errors: u64,
     /// Handshakes that failed (either direction).
     pub handshake_failures: u64,
+    /// Handshake failures by [`HandshakeError::reason`] (every reason listed, in the order of
+    /// [`HandshakeError::REASONS`]).
+    pub handshake_failures_by_reason: Vec<(&'static str, u64)>,
+    /// Connections the router closed on the peer manager's orders, by reason (`upgrade`,
+    /// `misbehaved`, `banned`, `replaced`).
+    pub evictions: Vec<(&'static str, u64)>,
     /// Connections the peer manager rejected after the handshake.
     pub rejected: u64,
     /// Peer-update deliveries missed by lagging subscribers.
@@ -273,9 +283,35 @@ struct Counters {
     inbound_shed: AtomicU64,
     accept_errors: AtomicU64,
     handshake_failures: AtomicU64,
+    handshake_reasons: [AtomicU64; HandshakeError::REASONS.len()],
+    evictions: [AtomicU64; EVICT_REASONS.len()],
     rejected: AtomicU64,
     dropped_on_disconnect: AtomicU64,
     dial_fallbacks: AtomicU64,
+}
+
+/// Labels of [`EvictReason`]s, in the order of [`evict_reason_index`].
+const EVICT_REASONS: [&str; 4] = ["upgrade", "misbehaved", "banned", "replaced"];
+
+fn evict_reason_index(reason: EvictReason) -> usize {
+    match reason {
+        EvictReason::Upgrade => 0,
+        EvictReason::Misbehaved => 1,
+        EvictReason::Banned => 2,
+        EvictReason::Replaced => 3,
+    }
+}
+
+impl Counters {
+    fn handshake_failed(&self, e: &HandshakeError) {
+        bump(&self.handshake_failures);
+        let reason = e.reason();
+        if let Some(i) = HandshakeError::REASONS.iter().position(|r| *r == reason)
+            && let Some(c) = self.handshake_reasons.get(i)
+        {
+            bump(c);
+        }
+    }
 }
 
 fn bump(c: &AtomicU64) {
@@ -345,6 +381,10 @@ pub(crate) struct PeerHandle {
     close_reason: Mutex<Option<CloseReason>>,
     /// The reason of the last report that disconnects it, for the close reason.
     misbehaviour: Mutex<Option<String>>,
+    /// Message bytes handed to the connection.
+    sent_bytes: AtomicU64,
+    /// Message bytes received and routed to a channel.
+    received_bytes: AtomicU64,
 }
 
 impl PeerHandle {
@@ -662,6 +702,8 @@ impl Router {
                 node_info: p.node_info.clone(),
                 endpoint: p.endpoint.clone(),
                 backlog: p.queue.backlog(),
+                sent_bytes: p.sent_bytes.load(Ordering::Relaxed),
+                received_bytes: p.received_bytes.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -677,6 +719,10 @@ impl Router {
             inbound_shed: l(&c.inbound_shed),
             accept_errors: l(&c.accept_errors),
             handshake_failures: l(&c.handshake_failures),
+            handshake_failures_by_reason: (HandshakeError::REASONS.iter().zip(&c.handshake_reasons))
+                .map(|(r, n)| (*r, l(n)))
+                .collect(),
+            evictions: EVICT_REASONS.iter().zip(&c.evictions).map(|(r, n)| (*r, l(n))).collect(),
             rejected: l(&c.rejected),
             peer_updates_lagged: l(&self.shared.lagged),
             dropped_on_disconnect: l(&c.dropped_on_disconnect),
@@ -963,7 +1009,7 @@ async fn dial_peer(shared: &Arc<Shared>, primary: NodeAddress) {
     let (conn, info) = match handshake(shared, conn, Some(peer)).await {
         Ok(x) => x,
         Err(source) => {
-            bump(&shared.counters.handshake_failures);
+            shared.counters.handshake_failed(&source);
             bump(&shared.counters.dials_failed);
             shared.bump_protocol(address.protocol(), |c| &c.attempts_failed);
             let e = DialError::Handshake { endpoint, source };
@@ -1074,6 +1120,7 @@ async fn connect(
             match dialled {
                 Ok(Ok(Ok(conn))) => return Ok(conn),
                 Ok(Ok(Err(source))) => {
+                    shared.counters.handshake_failed(&source);
                     last = DialError::Handshake { endpoint: endpoint.clone(), source };
                 }
                 Ok(Err(TransportError::UnsupportedProtocol(p))) => {
@@ -1201,7 +1248,7 @@ async fn accept_peer(shared: &Arc<Shared>, conn: Box<dyn Connection>) {
     let (conn, info) = match handshake(shared, conn, None).await {
         Ok(x) => x,
         Err(e) => {
-            bump(&shared.counters.handshake_failures);
+            shared.counters.handshake_failed(&e);
             info!(error = %e, "inbound handshake failed");
             return;
         }
@@ -1247,6 +1294,8 @@ fn spawn_peer(
         stop: Notify::new(),
         close_reason: Mutex::new(None),
         misbehaviour: Mutex::new(None),
+        sent_bytes: AtomicU64::new(0),
+        received_bytes: AtomicU64::new(0),
     });
     let mut replaced = None;
     shared.update_peers(|map| {
@@ -1275,7 +1324,7 @@ async fn run_peer(shared: Arc<Shared>, conn: Arc<dyn Connection>, handle: Arc<Pe
         endpoint = %handle.endpoint,
         "peer connected"
     );
-    let mut reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), peer));
+    let mut reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), handle.clone()));
     let reason: String = tokio::select! {
         r = write_loop(&shared, conn.as_ref(), &handle) => match r {
             Ok(()) => "router stopping".into(),
@@ -1321,13 +1370,24 @@ async fn write_loop(
                 shared.counters.dropped_on_disconnect.fetch_add(lost, Ordering::Relaxed);
                 return Err(e);
             }
+            let len = msg.len() as u64;
+            handle.sent_bytes.fetch_add(len, Ordering::Relaxed);
+            if let Some(route) = shared.table().route(*ch) {
+                route.stats.sent.fetch_add(1, Ordering::Relaxed);
+                route.stats.sent_bytes.fetch_add(len, Ordering::Relaxed);
+            }
         }
         batch.clear();
     }
     Ok(())
 }
 
-async fn read_loop(shared: Arc<Shared>, conn: Arc<dyn Connection>, peer: NodeId) -> String {
+async fn read_loop(
+    shared: Arc<Shared>,
+    conn: Arc<dyn Connection>,
+    handle: Arc<PeerHandle>,
+) -> String {
+    let peer = handle.node_id;
     loop {
         let (ch, bytes) = match conn.receive().await {
             Ok(m) => m,
@@ -1368,6 +1428,7 @@ async fn read_loop(shared: Arc<Shared>, conn: Arc<dyn Connection>, peer: NodeId)
         }
         route.stats.received.fetch_add(1, Ordering::Relaxed);
         route.stats.received_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        handle.received_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         // Backpressure: a full inbound queue makes this peer's reader wait. If the reactor
         // dropped its channel the message is discarded.
         let _ = route.tx.send((peer, bytes)).await;
@@ -1388,6 +1449,9 @@ async fn evict_loop(shared: Arc<Shared>) {
                     EvictReason::Misbehaved => CloseReason::Misbehaved(p.misbehaviour()),
                     EvictReason::Banned => CloseReason::Banned(p.misbehaviour()),
                 };
+                if let Some(c) = shared.counters.evictions.get(evict_reason_index(e.reason)) {
+                    bump(c);
+                }
                 info!(peer = %e.node_id, %reason, "evicting peer");
                 p.disconnect(reason);
             }

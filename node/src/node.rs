@@ -1,0 +1,353 @@
+//! [`Node`]: a router with the transports enabled by cargo features, transaction gossip, the
+//! echo reactor, the consensus-height announcer (so Go peers gossip to us) and, optionally, a
+//! metrics endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use p2p::consensus::{HeightMirror, consensus_state_channel_descriptor, run_height_announcer};
+use p2p::echo::{Echo, EchoEvent, echo_channel_descriptor, handle_echo};
+use p2p::mempool::{Txs, mempool_channel_descriptor};
+use p2p::peer_manager::PeerStore;
+use p2p::{
+    NodeAddress, NodeId, NodeInfo, NodeKey, PeerManagerConfig, Protocol, Router, RouterConfig,
+};
+use tokio::task::JoinHandle;
+
+use crate::gossip::{GossipConfig, TxGossip};
+use crate::metrics::{MetricsOptions, MetricsServer};
+
+/// Everything needed to start a [`Node`]. Build it with [`NodeOptions::new`] and the `with_*`
+/// methods, or from a configuration file with [`crate::config::Config::node_options`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct NodeOptions {
+    /// The node key (its ID is the node's ID).
+    pub key: NodeKey,
+    /// The network (chain ID) peers must share.
+    pub chain_id: String,
+    /// A human-readable name.
+    pub moniker: String,
+    /// MConn (TCP) listen address.
+    #[cfg(feature = "mconn")]
+    pub mconn_listen: Option<SocketAddr>,
+    /// MConn settings.
+    #[cfg(feature = "mconn")]
+    pub mconn: p2p_transport_mconn::MConnConfig,
+    /// QUIC (UDP) listen address.
+    #[cfg(feature = "quic")]
+    pub quic_listen: Option<SocketAddr>,
+    /// QUIC settings.
+    #[cfg(feature = "quic")]
+    pub quic: p2p_transport_quic::QuicConfig,
+    /// An in-process memory network to join.
+    #[cfg(feature = "memory")]
+    pub memory: Option<p2p_transport_memory::MemoryNetwork>,
+    /// The address advertised in NodeInfo (`host:port`); default: the MConn listen address.
+    pub external_address: Option<String>,
+    /// Peers to dial at start (seeds and other known peers).
+    pub peers: Vec<NodeAddress>,
+    /// Router settings.
+    pub router: RouterConfig,
+    /// Peer manager settings (persistent peers, limits).
+    pub peer_manager: PeerManagerConfig,
+    /// The peer store file; `None`: peers are not remembered across restarts.
+    pub peer_store: Option<PathBuf>,
+    /// Gossip transactions on the mempool channel.
+    pub gossip: Option<GossipConfig>,
+    /// Largest transaction, bytes.
+    pub max_tx_bytes: usize,
+    /// Serve Prometheus metrics.
+    pub metrics: Option<MetricsOptions>,
+}
+
+impl NodeOptions {
+    /// Options for a node with `key` on network `chain_id`: no listener, no peers, gossip on,
+    /// metrics off, default router and peer-manager settings.
+    pub fn new(key: NodeKey, chain_id: impl Into<String>) -> Self {
+        Self {
+            key,
+            chain_id: chain_id.into(),
+            moniker: "p2pd".to_owned(),
+            #[cfg(feature = "mconn")]
+            mconn_listen: None,
+            #[cfg(feature = "mconn")]
+            mconn: p2p_transport_mconn::MConnConfig::default(),
+            #[cfg(feature = "quic")]
+            quic_listen: None,
+            #[cfg(feature = "quic")]
+            quic: p2p_transport_quic::QuicConfig::default(),
+            #[cfg(feature = "memory")]
+            memory: None,
+            external_address: None,
+            peers: Vec::new(),
+            router: RouterConfig::default(),
+            peer_manager: PeerManagerConfig::default(),
+            peer_store: None,
+            gossip: Some(GossipConfig::default()),
+            max_tx_bytes: p2p::mempool::DEFAULT_MAX_TX_BYTES,
+            metrics: None,
+        }
+    }
+
+    /// Sets the moniker.
+    pub fn with_moniker(mut self, moniker: impl Into<String>) -> Self {
+        self.moniker = moniker.into();
+        self
+    }
+
+    /// Listens for MConn on `addr` (TCP).
+    #[cfg(feature = "mconn")]
+    pub fn with_mconn(mut self, addr: SocketAddr) -> Self {
+        self.mconn_listen = Some(addr);
+        self
+    }
+
+    /// Listens for QUIC on `addr` (UDP).
+    #[cfg(feature = "quic")]
+    pub fn with_quic(mut self, addr: SocketAddr) -> Self {
+        self.quic_listen = Some(addr);
+        self
+    }
+
+    /// Joins an in-process memory network.
+    #[cfg(feature = "memory")]
+    pub fn with_memory(mut self, network: p2p_transport_memory::MemoryNetwork) -> Self {
+        self.memory = Some(network);
+        self
+    }
+
+    /// Dials `peer` at start.
+    pub fn with_peer(mut self, peer: NodeAddress) -> Self {
+        self.peers.push(peer);
+        self
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {protocol} {addr}: {source}")]
+    Listen {
+        /// The transport.
+        protocol: Protocol,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The QUIC transport could not be set up.
+    #[error("QUIC transport: {0}")]
+    Quic(String),
+    /// No transport: enable a listener, a memory network, or a transport feature.
+    #[error("no transport is configured (enable MConn, QUIC or a memory network)")]
+    NoTransport,
+    /// The memory network refused the node.
+    #[error("memory network: {0}")]
+    Memory(String),
+    /// The peer store could not be opened.
+    #[error("peer store: {0}")]
+    Store(#[from] p2p::peer_manager::PeerStoreError),
+    /// The router refused the setup.
+    #[error("router: {0}")]
+    Router(#[from] p2p::router::RouterError),
+    /// A peer address was refused (own address, banned, store full).
+    #[error("peer {address}: {source}")]
+    Peer {
+        /// The address.
+        address: NodeAddress,
+        /// Why.
+        source: p2p::peer_manager::AddAddressError,
+    },
+    /// The metrics endpoint could not be served.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running node. Stop it with [`Node::stop`] (dropping it stops the router without
+/// flushing).
+#[derive(Debug)]
+pub struct Node {
+    router: Arc<Router>,
+    gossip: Option<TxGossip>,
+    addresses: Vec<NodeAddress>,
+    metrics: Option<MetricsServer>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Binds the listeners, starts the router and the reactors, and dials the configured
+    /// peers. Must be called inside a Tokio runtime.
+    pub async fn start(options: NodeOptions) -> Result<Self, NodeError> {
+        let id = options.key.node_id();
+        let mut info = NodeInfo::new(id, &options.chain_id, &options.moniker, Vec::new());
+        if let Some(external) = &options.external_address {
+            info = info.with_listen_addr(external.clone());
+        }
+        let store = match &options.peer_store {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                Some(PeerStore::open(path)?)
+            }
+            None => None,
+        };
+        let router = Router::new(
+            options.key.clone(),
+            info,
+            options.router.clone(),
+            options.peer_manager.clone(),
+            store,
+        )
+        .map(Arc::new)?;
+        let mut addresses = Vec::new();
+        let mut transports = 0;
+
+        #[cfg(feature = "mconn")]
+        if let Some(addr) = options.mconn_listen {
+            let t = p2p_transport_mconn::MConnTransport::bind(addr, options.mconn.clone())
+                .await
+                .map_err(|source| NodeError::Listen { protocol: Protocol::MCONN, addr, source })?;
+            if let Some(local) = t.local_addr() {
+                addresses.push(socket_address(Protocol::MCONN, id, local));
+            }
+            router.add_transport(Arc::new(t))?;
+            transports += 1;
+        }
+        #[cfg(feature = "quic")]
+        if let Some(addr) = options.quic_listen {
+            // Port 0 with an MConn listener: take MConn's port number (UDP and TCP ports are
+            // separate, so the same number is usually free).
+            #[cfg(feature = "mconn")]
+            let mut addr = addr;
+            #[cfg(feature = "mconn")]
+            if addr.port() == 0
+                && let Some(mconn) = addresses.iter().find(|a| *a.protocol() == Protocol::MCONN)
+                && let Some((_, port)) = mconn.host_port()
+            {
+                addr.set_port(port);
+            }
+            let t = p2p_transport_quic::QuicTransport::bind(addr, &options.key, options.quic.clone())
+                .map_err(|e| match e {
+                    p2p_transport_quic::QuicError::Io(source) => {
+                        NodeError::Listen { protocol: Protocol::QUIC, addr, source }
+                    }
+                    other => NodeError::Quic(other.to_string()),
+                })?;
+            addresses.push(socket_address(Protocol::QUIC, id, t.local_addr()));
+            router.add_transport(Arc::new(t))?;
+            transports += 1;
+        }
+        #[cfg(feature = "memory")]
+        if let Some(network) = &options.memory {
+            let t = network.transport(id).map_err(|e| NodeError::Memory(e.to_string()))?;
+            addresses.push(NodeAddress::new_opaque(Protocol::MEMORY, id));
+            router.add_transport(Arc::new(t))?;
+            transports += 1;
+        }
+        if transports == 0 {
+            // A dial-only node still needs a transport to dial with.
+            #[cfg(feature = "mconn")]
+            {
+                let t = p2p_transport_mconn::MConnTransport::dial_only(options.mconn.clone());
+                router.add_transport(Arc::new(t))?;
+                transports += 1;
+            }
+        }
+        if transports == 0 {
+            return Err(NodeError::NoTransport);
+        }
+
+        let mut tasks = Vec::new();
+        let gossip = match &options.gossip {
+            Some(config) => {
+                let channel =
+                    router.open_channel::<Txs>(mempool_channel_descriptor(options.max_tx_bytes))?;
+                Some(TxGossip::spawn(channel, config.clone()))
+            }
+            None => None,
+        };
+        let consensus = router.open_channel(consensus_state_channel_descriptor())?;
+        tasks.push(tokio::spawn(run_height_announcer(
+            consensus,
+            router.subscribe(),
+            HeightMirror::new(),
+        )));
+        let echo = router.open_channel::<Echo>(echo_channel_descriptor())?;
+        tasks.push(tokio::spawn(async move {
+            let mut echo = echo;
+            while let Some(envelope) = echo.recv().await {
+                if let EchoEvent::Ponged { from, content } = handle_echo(&echo, envelope).await {
+                    tracing::debug!(peer = %from, %content, "pong");
+                }
+            }
+        }));
+        router.start()?;
+        for peer in &options.peers {
+            router
+                .add_address(peer.clone())
+                .map_err(|source| NodeError::Peer { address: peer.clone(), source })?;
+        }
+        let metrics = match &options.metrics {
+            Some(m) => Some(
+                MetricsServer::serve(m.clone(), router.clone(), gossip.clone())
+                    .await
+                    .map_err(|source| NodeError::Metrics { addr: m.listen, source })?,
+            ),
+            None => None,
+        };
+        tracing::info!(node = %id, addresses = ?addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), "node started");
+        Ok(Self { router, gossip, addresses, metrics, tasks })
+    }
+
+    /// The node's ID.
+    pub fn id(&self) -> NodeId {
+        self.router.node_id()
+    }
+
+    /// The router (for opening more channels, use [`Router`] directly instead).
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The transaction gossip, if enabled.
+    pub fn gossip(&self) -> Option<&TxGossip> {
+        self.gossip.as_ref()
+    }
+
+    /// Every address this node can be reached at, one per listener (`mconn://`, `quic://`,
+    /// `memory:`).
+    pub fn addresses(&self) -> &[NodeAddress] {
+        &self.addresses
+    }
+
+    /// The metrics endpoint's address, if serving.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// Stops gracefully: closes connections after flushing their queues, writes the peer store.
+    pub async fn stop(self) {
+        if let Some(m) = self.metrics {
+            m.stop().await;
+        }
+        self.router.stop().await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(any(feature = "mconn", feature = "quic"))]
+fn socket_address(protocol: Protocol, id: NodeId, addr: SocketAddr) -> NodeAddress {
+    NodeAddress::new_host(protocol, id, p2p::Host::Ip(addr.ip()), addr.port())
+}
