@@ -11,6 +11,7 @@
 pub mod config;
 pub mod gossip;
 pub mod metrics;
+pub mod testnet;
 mod node;
 
 pub use node::{Node, NodeError, NodeOptions};
