@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ed25519_dalek::VerifyingKey;
 use p2p::router::ChannelDescriptor;
 use p2p::{
@@ -26,7 +26,7 @@ use p2p::{
 };
 use quinn::{ReadExactError, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::debug;
 
@@ -58,9 +58,27 @@ enum Pending {
 
 struct Writers {
     closing: bool,
-    queues: HashMap<u8, mpsc::Sender<Bytes>>,
+    queues: HashMap<u8, WriterQueue>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// A channel's outbound queue: at most [`QUEUE_MESSAGES`] messages and about [`QUEUE_BYTES`]
+/// bytes (a larger message takes the whole byte budget) wait for the stream's writer task.
+#[derive(Clone)]
+struct WriterQueue {
+    messages: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
+    bytes: Arc<Semaphore>,
+}
+
+/// Messages queued per channel for its stream writer.
+const QUEUE_MESSAGES: usize = 64;
+/// Bytes queued per channel for its stream writer (beyond what quinn buffers).
+const QUEUE_BYTES: usize = 1 << 20;
+/// Most bytes a writer hands quinn in one call.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Messages up to this size are copied, with their length prefix, into one buffer per batch;
+/// larger ones go to quinn as they are.
+const COALESCE_MAX: usize = 4 * 1024;
 
 struct Running {
     conn: quinn::Connection,
@@ -394,6 +412,9 @@ impl Connection for QuicConnection {
 
     async fn send(&self, channel: ChannelId, message: Bytes) -> Result<(), ConnectionError> {
         let running = self.running()?;
+        if let Some(reason) = running.conn.close_reason() {
+            return Err(conn_err(reason));
+        }
         let queue = {
             let mut writers = lock(&running.writers);
             if writers.closing {
@@ -402,7 +423,9 @@ impl Connection for QuicConnection {
             match writers.queues.get(&channel.0) {
                 Some(q) => q.clone(),
                 None => {
-                    let (tx, rx) = mpsc::channel(1);
+                    let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
+                    let queue =
+                        WriterQueue { messages: tx, bytes: Arc::new(Semaphore::new(QUEUE_BYTES)) };
                     let priority = running.priorities.get(&channel.0).copied().unwrap_or(0);
                     let task = tokio::spawn(writer(
                         running.conn.clone(),
@@ -413,12 +436,15 @@ impl Connection for QuicConnection {
                         self.config.close_timeout,
                     ));
                     writers.tasks.push(task);
-                    writers.queues.insert(channel.0, tx.clone());
-                    tx
+                    writers.queues.insert(channel.0, queue.clone());
+                    queue
                 }
             }
         };
-        queue.send(message).await.map_err(|_| ConnectionError::Closed)
+        let cost = u32::try_from(message.len().clamp(1, QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let permit =
+            queue.bytes.acquire_many_owned(cost).await.map_err(|_| ConnectionError::Closed)?;
+        queue.messages.send((message, permit)).await.map_err(|_| ConnectionError::Closed)
     }
 
     async fn receive(&self) -> Result<(ChannelId, Bytes), ConnectionError> {
@@ -487,7 +513,7 @@ async fn writer(
     conn: quinn::Connection,
     channel: u8,
     priority: i32,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
     close_timeout: Duration,
 ) {
@@ -495,12 +521,41 @@ async fn writer(
         let mut stream = conn.open_uni().await.map_err(|e| (conn_err(e), 0))?;
         let _ = stream.set_priority(priority);
         stream.write_all(&[channel]).await.map_err(write_err)?;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut permits = Vec::new();
+        let mut small = BytesMut::new();
         let mut prefix = Vec::with_capacity(10);
-        while let Some(message) = queue.recv().await {
-            prefix.clear();
-            encode_uvarint(message.len() as u64, &mut prefix);
-            let mut chunks = [Bytes::copy_from_slice(&prefix), message];
+        while let Some(first) = queue.recv().await {
+            // Take what else is waiting (up to a batch) and hand it to quinn in one call:
+            // small messages are copied together with their prefixes, large ones are not.
+            let mut next = Some(first);
+            let mut batched = 0;
+            while let Some((message, permit)) = next.take() {
+                batched += message.len();
+                prefix.clear();
+                encode_uvarint(message.len() as u64, &mut prefix);
+                if message.len() <= COALESCE_MAX {
+                    small.extend_from_slice(&prefix);
+                    small.extend_from_slice(&message);
+                } else {
+                    if !small.is_empty() {
+                        chunks.push(small.split().freeze());
+                    }
+                    chunks.push(Bytes::copy_from_slice(&prefix));
+                    chunks.push(message);
+                }
+                permits.push(permit);
+                if batched < WRITE_BATCH {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if !small.is_empty() {
+                chunks.push(small.split().freeze());
+            }
             stream.write_all_chunks(&mut chunks).await.map_err(write_err)?;
+            chunks.clear();
+            // The bytes are quinn's now: make room in the queue.
+            permits.clear();
         }
         let _ = stream.finish();
         let _ = tokio::time::timeout(close_timeout, stream.stopped()).await;

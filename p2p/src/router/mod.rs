@@ -26,6 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -39,7 +40,7 @@ pub use channel::{
     Channel, ChannelDescriptor, ChannelReceiver, ChannelSender, ChannelStatsSnapshot, Envelope,
     Outbound, OverflowPolicy, PeerError, Recipient, SendError, SendOutcome, UnwrapError, Wrapper,
 };
-use queue::{PeerQueue, Scheduler};
+use queue::{ChannelSet, PeerQueue, Scheduler, TryPop};
 
 use crate::address::{Endpoint, NodeAddress, Protocol};
 use crate::key::NodeKey;
@@ -719,9 +720,11 @@ impl Router {
             inbound_shed: l(&c.inbound_shed),
             accept_errors: l(&c.accept_errors),
             handshake_failures: l(&c.handshake_failures),
-            handshake_failures_by_reason: (HandshakeError::REASONS.iter().zip(&c.handshake_reasons))
-                .map(|(r, n)| (*r, l(n)))
-                .collect(),
+            handshake_failures_by_reason: (HandshakeError::REASONS
+                .iter()
+                .zip(&c.handshake_reasons))
+            .map(|(r, n)| (*r, l(n)))
+            .collect(),
             evictions: EVICT_REASONS.iter().zip(&c.evictions).map(|(r, n)| (*r, l(n))).collect(),
             rejected: l(&c.rejected),
             peer_updates_lagged: l(&self.shared.lagged),
@@ -1355,6 +1358,15 @@ async fn run_peer(shared: Arc<Shared>, conn: Arc<dyn Connection>, handle: Arc<Pe
     info!(%reason, dropped, "peer disconnected");
 }
 
+/// A send handed to the connection that has not completed yet.
+type PendingSend<'a> = Pin<Box<dyn Future<Output = Result<(), ConnectionError>> + Send + 'a>>;
+
+/// Drains the peer's queue into the connection.
+///
+/// Sends of different channels run concurrently: a send that waits (a 4 MiB block part on a
+/// full QUIC stream, say) makes only its own channel wait, while the writer keeps taking the
+/// other channels' messages in priority order. Each channel has at most one send in flight, so
+/// per-channel order is kept.
 async fn write_loop(
     shared: &Shared,
     conn: &dyn Connection,
@@ -1362,24 +1374,88 @@ async fn write_loop(
 ) -> Result<(), ConnectionError> {
     let (max_msgs, max_bytes) =
         (shared.config.writer_batch_messages.max(1), shared.config.writer_batch_bytes.max(1));
-    let mut batch = Vec::with_capacity(max_msgs);
-    while handle.queue.pop_batch(&mut batch, max_msgs, max_bytes).await.is_some() {
-        for (sent, (ch, msg)) in batch.iter().enumerate() {
-            if let Err(e) = conn.send(*ch, msg.clone()).await {
-                let lost = (batch.len() - sent) as u64;
-                shared.counters.dropped_on_disconnect.fetch_add(lost, Ordering::Relaxed);
-                return Err(e);
-            }
+    let mut inflight: Vec<(ChannelId, u64, PendingSend<'_>)> = Vec::new();
+    let mut busy = ChannelSet::default();
+    let completed = |ch: ChannelId, len: u64| {
+        handle.sent_bytes.fetch_add(len, Ordering::Relaxed);
+        if let Some(route) = shared.table().route(ch) {
+            route.stats.sent.fetch_add(1, Ordering::Relaxed);
+            route.stats.sent_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+    };
+    loop {
+        // Hand the connection what can be sent now, highest priority first.
+        let (mut taken, mut bytes) = (0, 0);
+        let mut done = false;
+        while taken < max_msgs && bytes < max_bytes {
+            let (ch, msg) = match handle.queue.try_pop_excluding(&busy) {
+                TryPop::Message(ch, msg) => (ch, msg),
+                TryPop::Nothing => break,
+                TryPop::Done => {
+                    done = true;
+                    break;
+                }
+            };
+            taken += 1;
+            bytes += msg.len();
             let len = msg.len() as u64;
-            handle.sent_bytes.fetch_add(len, Ordering::Relaxed);
-            if let Some(route) = shared.table().route(*ch) {
-                route.stats.sent.fetch_add(1, Ordering::Relaxed);
-                route.stats.sent_bytes.fetch_add(len, Ordering::Relaxed);
+            let mut send = conn.send(ch, msg);
+            // Most sends complete at once; only a send that has to wait is kept.
+            match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                Poll::Ready(Ok(())) => completed(ch, len),
+                Poll::Ready(Err(e)) => return Err(lost(shared, inflight.len(), e)),
+                Poll::Pending => {
+                    busy.insert(ch);
+                    inflight.push((ch, len, send));
+                }
             }
         }
-        batch.clear();
+        if done && inflight.is_empty() {
+            return Ok(());
+        }
+        if taken >= max_msgs || bytes >= max_bytes {
+            // More may be waiting: let other tasks run, then go on.
+            tokio::task::yield_now().await;
+        }
+        // Wait for a pending send to finish or for new messages.
+        let data = handle.queue.wait_data();
+        tokio::pin!(data);
+        let waited = std::future::poll_fn(|cx| {
+            let mut progressed = false;
+            let mut i = 0;
+            while let Some((ch, len, send)) = inflight.get_mut(i) {
+                match send.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let (ch, len) = (*ch, *len);
+                        completed(ch, len);
+                        busy.remove(ch);
+                        drop(inflight.swap_remove(i));
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => i += 1,
+                }
+            }
+            if progressed || (!done && data.as_mut().poll(cx).is_ready()) {
+                Poll::Ready(Ok(()))
+            } else if taken >= max_msgs || bytes >= max_bytes {
+                // The round stopped at its limit, not because the queue was empty.
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        if let Err(e) = waited {
+            return Err(lost(shared, inflight.len(), e));
+        }
     }
-    Ok(())
+}
+
+/// Counts the sends abandoned when the connection failed; returns the error.
+fn lost(shared: &Shared, pending: usize, e: ConnectionError) -> ConnectionError {
+    shared.counters.dropped_on_disconnect.fetch_add(pending as u64, Ordering::Relaxed);
+    e
 }
 
 async fn read_loop(

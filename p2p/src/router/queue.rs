@@ -122,7 +122,14 @@ impl Scheduler {
     }
 
     /// Takes the next message to send: from the highest non-empty class, round-robin within it.
+    #[cfg(test)]
     pub(crate) fn pop(&mut self) -> Option<(ChannelId, Bytes)> {
+        self.pop_excluding(&ChannelSet::default())
+    }
+
+    /// Like [`pop`](Self::pop), skipping the channels in `busy` (their messages stay queued,
+    /// in order).
+    pub(crate) fn pop_excluding(&mut self, busy: &ChannelSet) -> Option<(ChannelId, Bytes)> {
         if self.queued == 0 {
             return None;
         }
@@ -132,6 +139,9 @@ impl Scheduler {
                 let idx = (class.next + step) % n;
                 let Some(&lane_idx) = class.lanes.get(idx) else { continue };
                 let Some(lane) = self.lanes.get_mut(lane_idx) else { continue };
+                if busy.contains(lane.id) {
+                    continue;
+                }
                 if let Some(msg) = lane.messages.pop_front() {
                     class.next = (idx + 1) % n;
                     self.queued -= 1;
@@ -163,6 +173,39 @@ impl Scheduler {
         self.queued_bytes = 0;
         n
     }
+}
+
+/// A set of channel IDs (a 256-bit bitmap).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChannelSet([u64; 4]);
+
+impl ChannelSet {
+    pub(crate) fn insert(&mut self, ch: ChannelId) {
+        if let Some(w) = self.0.get_mut(usize::from(ch.0 / 64)) {
+            *w |= 1 << (ch.0 % 64);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, ch: ChannelId) {
+        if let Some(w) = self.0.get_mut(usize::from(ch.0 / 64)) {
+            *w &= !(1 << (ch.0 % 64));
+        }
+    }
+
+    pub(crate) fn contains(&self, ch: ChannelId) -> bool {
+        self.0.get(usize::from(ch.0 / 64)).is_some_and(|w| w & (1 << (ch.0 % 64)) != 0)
+    }
+}
+
+/// What [`PeerQueue::try_pop_excluding`] found.
+#[derive(Debug)]
+pub(crate) enum TryPop {
+    /// The next message to send.
+    Message(ChannelId, Bytes),
+    /// Nothing to send now (empty, or only messages of busy channels).
+    Nothing,
+    /// Closed and drained: the writer is done.
+    Done,
 }
 
 #[derive(Debug)]
@@ -243,34 +286,24 @@ impl PeerQueue {
         }
     }
 
-    /// Takes up to `max_messages` / about `max_bytes` for the writer, in scheduling order.
-    /// Returns `None` once the queue is closed and drained.
-    pub(crate) async fn pop_batch(
-        &self,
-        out: &mut Vec<(ChannelId, Bytes)>,
-        max_messages: usize,
-        max_bytes: usize,
-    ) -> Option<()> {
-        loop {
-            {
-                let mut st = self.lock();
-                let mut bytes = 0;
-                while out.len() < max_messages && bytes < max_bytes {
-                    let Some((ch, msg)) = st.scheduler.pop() else { break };
-                    bytes += msg.len();
-                    out.push((ch, msg));
-                }
-                if !out.is_empty() {
-                    drop(st);
-                    self.room.notify_waiters();
-                    return Some(());
-                }
-                if st.closed {
-                    return None;
-                }
+    /// Takes the next message whose channel is not in `busy`, without waiting.
+    pub(crate) fn try_pop_excluding(&self, busy: &ChannelSet) -> TryPop {
+        let popped = {
+            let mut st = self.lock();
+            match st.scheduler.pop_excluding(busy) {
+                Some((ch, msg)) => TryPop::Message(ch, msg),
+                None if st.closed && st.scheduler.len() == 0 => return TryPop::Done,
+                None => return TryPop::Nothing,
             }
-            self.data.notified().await;
-        }
+        };
+        self.room.notify_waiters();
+        popped
+    }
+
+    /// Waits until a message is queued or the queue is closed (a wake-up sent since the last
+    /// wait is not lost).
+    pub(crate) async fn wait_data(&self) {
+        self.data.notified().await;
     }
 
     /// Closes the queue: pending and later pushes fail, the writer drains what is queued
@@ -362,6 +395,13 @@ mod tests {
         assert_eq!(s.push(7, b("x"), false), Pushed::Full, "unknown slot is rejected");
     }
 
+    fn pop_now(q: &PeerQueue, busy: &ChannelSet) -> Option<(ChannelId, Bytes)> {
+        match q.try_pop_excluding(busy) {
+            TryPop::Message(ch, msg) => Some((ch, msg)),
+            _ => None,
+        }
+    }
+
     #[tokio::test]
     async fn push_wait_gets_room_when_writer_pops() {
         let q = std::sync::Arc::new(PeerQueue::new(Scheduler::new(&[(ChannelId(1), 1, 1)])));
@@ -371,13 +411,10 @@ mod tests {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
             q2.push_wait(0, b("second"), deadline).await
         });
-        let mut batch = Vec::new();
-        q.pop_batch(&mut batch, 1, usize::MAX).await.unwrap();
-        assert_eq!(batch.len(), 1);
+        assert_eq!(pop_now(&q, &ChannelSet::default()).unwrap().1, b("first"));
         assert_eq!(waiter.await.unwrap(), Pushed::Queued);
-        batch.clear();
-        q.pop_batch(&mut batch, 10, usize::MAX).await.unwrap();
-        assert_eq!(batch[0].1, b("second"));
+        q.wait_data().await;
+        assert_eq!(pop_now(&q, &ChannelSet::default()).unwrap().1, b("second"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -394,10 +431,26 @@ mod tests {
         q.push(0, b("a"), false);
         q.close(true);
         assert_eq!(q.push(0, b("b"), false), Pushed::Closed);
-        let mut batch = Vec::new();
-        assert!(q.pop_batch(&mut batch, 10, usize::MAX).await.is_some());
-        assert_eq!(batch.len(), 1);
-        batch.clear();
-        assert!(q.pop_batch(&mut batch, 10, usize::MAX).await.is_none());
+        assert!(pop_now(&q, &ChannelSet::default()).is_some());
+        assert!(matches!(q.try_pop_excluding(&ChannelSet::default()), TryPop::Done));
+    }
+
+    #[test]
+    fn busy_channels_are_skipped_and_keep_their_order() {
+        let mut s = Scheduler::new(&[(ChannelId(1), 1, 8), (ChannelId(2), 9, 8)]);
+        for m in ["b1", "b2"] {
+            s.push(0, b(m), false);
+        }
+        s.push(1, b("v1"), false);
+        let mut busy = ChannelSet::default();
+        // The high-priority channel is busy (a send in flight): the low one is served.
+        busy.insert(ChannelId(2));
+        assert_eq!(s.pop_excluding(&busy).map(|(c, m)| (c.0, m)), Some((1, b("b1"))));
+        busy.insert(ChannelId(1));
+        assert_eq!(s.pop_excluding(&busy), None, "both busy: nothing");
+        busy.remove(ChannelId(2));
+        assert_eq!(s.pop_excluding(&busy).map(|(c, m)| (c.0, m)), Some((2, b("v1"))));
+        busy.remove(ChannelId(1));
+        assert_eq!(s.pop_excluding(&busy).map(|(c, m)| (c.0, m)), Some((1, b("b2"))));
     }
 }
