@@ -1,9 +1,59 @@
 //! `config.toml`: CometBFT's key names where the meaning is the same, plus ours for QUIC.
 //!
 //! Every field has a default, so an empty file is a valid configuration; unknown keys are
-//! errors. Durations are strings such as `"300ms"`, `"3s"` or `"1m"`.
+//! errors. Durations are strings such as `"300ms"`, `"3s"`, `"1m"` or `"1m30s"` (Go's
+//! `time.Duration` syntax, which CometBFT's files use; see [`parse_duration`]).
+//!
+//! * [`Config::load`] reads and parses a file: syntax errors, unknown keys and values of the
+//!   wrong type are reported with the file, the line and the key (`p2p.bogus`).
+//! * [`Config::node_options`] checks every value and turns the configuration into
+//!   [`NodeOptions`]; errors name the file, the key and the offending value.
+//! * [`Config::to_toml`] writes a commented file that [`Config::load`] reads back.
+//!
+//! Every [`ConfigError`] displays as one line.
+//!
+//! # Mapping
+//!
+//! | key | becomes |
+//! |-----|---------|
+//! | `moniker`, `chain_id` | the NodeInfo's moniker and network |
+//! | `node_key_file` | the key [`Config::load_node_key`] reads (relative to the home) |
+//! | `p2p.laddr` (`tcp://host:port`) | [`NodeOptions::mconn_listen`] (feature `mconn`) |
+//! | `p2p.quic_laddr` (`udp://host:port`) | [`NodeOptions::quic_listen`] (feature `quic`) |
+//! | `p2p.external_address` | [`NodeOptions::external_address`] |
+//! | `p2p.persistent_peers` | [`PeerManagerConfig::persistent_peers`] and [`NodeOptions::peers`] |
+//! | `p2p.seeds` | [`NodeOptions::peers`] |
+//! | `p2p.max_num_inbound_peers` + `max_num_outbound_peers` | [`PeerManagerConfig::max_connected`] |
+//! | `p2p.max_num_outbound_peers` | [`PeerManagerConfig::max_outgoing`] |
+//! | `p2p.send_rate`, `recv_rate` (0: unlimited) | the MConn transport's rate limits |
+//! | `p2p.max_packet_msg_payload_size` | the MConn packet payload size |
+//! | `p2p.flush_throttle_timeout` | the MConn flush delay |
+//! | `p2p.handshake_timeout`, `dial_timeout`, `fallback_delay` | the [`RouterConfig`] fields of the same names |
+//! | `p2p.peer_store_file` (relative to the home; `""`: none) | [`NodeOptions::peer_store`] |
+//! | `mempool.broadcast`, `cache_size` | [`NodeOptions::gossip`] |
+//! | `mempool.max_tx_bytes` | [`NodeOptions::max_tx_bytes`] |
+//! | `instrumentation.*` | [`NodeOptions::metrics`] (`:26660` means `0.0.0.0:26660`) |
+//!
+//! `p2p.unconditional_peer_ids` is checked (comma-separated node IDs) but not used yet.
 
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use p2p::{
+    Host, NodeAddress, NodeId, NodeKey, NodeKeyError, PeerManagerConfig, Protocol, RouterConfig,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::NodeOptions;
+use crate::gossip::GossipConfig;
+use crate::metrics::MetricsOptions;
+
+/// The configuration file's path inside the home directory.
+pub const CONFIG_FILE: &str = "config/config.toml";
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +78,9 @@ pub struct Config {
     pub mempool: MempoolConfig,
     /// Metrics.
     pub instrumentation: InstrumentationConfig,
+    /// The file this configuration was read from, for error messages.
+    #[serde(skip)]
+    source: SourceFile,
 }
 
 impl Default for Config {
@@ -41,6 +94,7 @@ impl Default for Config {
             p2p: P2pConfig::default(),
             mempool: MempoolConfig::default(),
             instrumentation: InstrumentationConfig::default(),
+            source: SourceFile::default(),
         }
     }
 }
@@ -50,10 +104,12 @@ impl Default for Config {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct P2pConfig {
-    /// MConn (TCP) listen address, `tcp://host:port`; empty: no MConn listener.
+    /// MConn (TCP) listen address, `tcp://host:port`; empty: no MConn listener. The default
+    /// is `tcp://0.0.0.0:26656` if the `mconn` feature is on, else empty.
     pub laddr: String,
     /// QUIC (UDP) listen address, `udp://host:port` (ours); empty: no QUIC listener. By
-    /// default the same port number as `laddr`.
+    /// default the same port number as `laddr` (`udp://0.0.0.0:26656` if the `quic` feature is
+    /// on, else empty); port 0 takes the MConn listener's port.
     pub quic_laddr: String,
     /// The address peers should dial, `host:port`, if not the listen address.
     pub external_address: String,
@@ -92,8 +148,8 @@ pub struct P2pConfig {
 impl Default for P2pConfig {
     fn default() -> Self {
         Self {
-            laddr: "tcp://0.0.0.0:26656".to_owned(),
-            quic_laddr: "udp://0.0.0.0:26656".to_owned(),
+            laddr: if cfg!(feature = "mconn") { "tcp://0.0.0.0:26656" } else { "" }.to_owned(),
+            quic_laddr: if cfg!(feature = "quic") { "udp://0.0.0.0:26656" } else { "" }.to_owned(),
             external_address: String::new(),
             seeds: String::new(),
             persistent_peers: String::new(),
@@ -154,5 +210,1081 @@ impl Default for InstrumentationConfig {
             namespace: "cometbft".to_owned(),
             per_peer_labels: false,
         }
+    }
+}
+
+/// The file a [`Config`] came from. Not part of the configuration: two configurations with
+/// the same values are equal whatever their files.
+#[derive(Debug, Clone, Default)]
+struct SourceFile(Option<PathBuf>);
+
+impl PartialEq for SourceFile {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+/// What an error message calls a configuration that was not read from a file.
+const BUILT_IN: &str = "(built-in configuration)";
+
+/// Why a configuration could not be read, parsed or used. Every message is one line naming the
+/// file and, where there is one, the key and the offending value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}{}", file.display(), not_found_hint(source))]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{}", parse_message(file, *line, key.as_deref(), message))]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// The line (1-based), if known.
+        line: Option<usize>,
+        /// The key, dotted (`p2p.laddr`), if known.
+        key: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{}: {key}: {value:?}: {reason}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The key, dotted (`p2p.persistent_peers`).
+        key: String,
+        /// The offending value (one entry of a list).
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value needs a transport this build does not have.
+    #[error(
+        "{}: {key}: {value:?} needs the `{feature}` cargo feature, which this build does not have",
+        file.display()
+    )]
+    MissingFeature {
+        /// The file.
+        file: PathBuf,
+        /// The key, dotted.
+        key: String,
+        /// The offending value.
+        value: String,
+        /// The cargo feature.
+        feature: &'static str,
+    },
+    /// The node key could not be loaded (the message names the key file).
+    #[error(transparent)]
+    NodeKey(#[from] NodeKeyError),
+    /// The configuration could not be turned into TOML.
+    #[error("cannot write the configuration as TOML: {0}")]
+    Serialize(String),
+}
+
+fn not_found_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::NotFound { " (run `p2pd init` first)" } else { "" }
+}
+
+fn parse_message(file: &Path, line: Option<usize>, key: Option<&str>, message: &str) -> String {
+    let mut out = file.display().to_string();
+    if let Some(line) = line {
+        out.push_str(&format!(":{line}"));
+    }
+    if let Some(key) = key {
+        out.push_str(": ");
+        out.push_str(key);
+    }
+    out.push_str(": ");
+    // toml's messages are one line, but make sure: the contract is one line per error.
+    out.push_str(&one_line(message));
+    out
+}
+
+/// Joins the lines of `s` with `"; "`, dropping empty ones.
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// Why a duration string is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {input:?}: {reason}; expected e.g. \"300ms\", \"3s\", \"1m30s\"")]
+#[non_exhaustive]
+pub struct ParseDurationError {
+    /// The rejected input.
+    pub input: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Parses a duration in Go's `time.Duration` syntax, as CometBFT's files write them: one or
+/// more decimal numbers, each with an optional fraction and a unit (`ns`, `us` or `µs`, `ms`,
+/// `s`, `m`, `h`), e.g. `"300ms"`, `"1.5s"`, `"1m30s"`; `"0"` alone needs no unit. Negative
+/// durations are refused.
+pub fn parse_duration(input: &str) -> Result<Duration, ParseDurationError> {
+    let err = |reason| ParseDurationError { input: input.to_owned(), reason };
+    if input == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if input.is_empty() {
+        return Err(err("it is empty"));
+    }
+    if input.starts_with('-') {
+        return Err(err("it is negative"));
+    }
+    let is_number = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = input.strip_prefix('+').unwrap_or(input);
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !is_number(c)).unwrap_or(rest.len());
+        let (number, after) = rest.split_at_checked(number_len).ok_or_else(|| err("bad number"))?;
+        let unit_len = after.find(is_number).unwrap_or(after.len());
+        let (unit, next) = after.split_at_checked(unit_len).ok_or_else(|| err("bad unit"))?;
+        let unit_nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(err("a number has no unit (ns, us, ms, s, m, h)")),
+            _ => return Err(err("unknown unit (expected ns, us, ms, s, m or h)")),
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return Err(err("expected a number before the unit"));
+        }
+        let whole: u128 =
+            if whole.is_empty() { 0 } else { whole.parse().map_err(|_| err("it is too large"))? };
+        let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(|| err("it is too large"))?;
+        // At most 18 fractional digits count (finer than a nanosecond for every unit).
+        let fraction: String = fraction.chars().take(18).collect();
+        if !fraction.is_empty() {
+            let digits: u128 = fraction.parse().map_err(|_| err("bad fraction"))?;
+            let scale = 10u128.pow(u32::try_from(fraction.len()).unwrap_or(18));
+            nanos = nanos.saturating_add(digits.saturating_mul(unit_nanos) / scale);
+        }
+        total = total.checked_add(nanos).ok_or_else(|| err("it is too large"))?;
+        rest = next;
+    }
+    let nanos = u64::try_from(total).map_err(|_| err("it is too large"))?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+impl Config {
+    /// Reads and parses `path` (see [`Config::from_toml`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `file` names it in error messages. Missing keys take their defaults;
+    /// unknown keys and values of the wrong type are errors naming the key. Values are not
+    /// checked here: [`Config::node_options`] does that.
+    pub fn from_toml(text: &str, file: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let file = file.as_ref();
+        let parse_error = |key: Option<String>, e: &toml::de::Error| ConfigError::Parse {
+            file: file.to_owned(),
+            line: e.span().map(|span| line_of(text, span.start)),
+            key,
+            message: e.message().to_owned(),
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_error(None, &e))?;
+        let mut config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path();
+            let key = path.iter().next().is_some().then(|| path.to_string());
+            parse_error(key, e.inner())
+        })?;
+        config.source = SourceFile(Some(file.to_owned()));
+        Ok(config)
+    }
+
+    /// The file this configuration was read from (or set with [`Config::with_file`]).
+    pub fn file(&self) -> Option<&Path> {
+        self.source.0.as_deref()
+    }
+
+    /// Sets the file named in error messages (e.g. the file a new configuration will be written
+    /// to).
+    #[must_use]
+    pub fn with_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.source = SourceFile(Some(file.into()));
+        self
+    }
+
+    /// The configuration as TOML, with a comment above every key. [`Config::from_toml`] reads
+    /// it back to an equal configuration.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let plain = toml::to_string_pretty(self)
+            .map_err(|e| ConfigError::Serialize(one_line(&e.to_string())))?;
+        let mut out = String::from(
+            "# p2pd configuration. Key names follow CometBFT's config.toml where the meaning is\n\
+             # the same. Durations: \"300ms\", \"3s\", \"1m30s\". Unknown keys are errors.\n\n",
+        );
+        let mut section = String::new();
+        for line in plain.lines() {
+            let trimmed = line.trim();
+            if let Some(name) = trimmed.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+                if let Some(comment) = section_comment(&section) {
+                    push_comment(&mut out, comment);
+                }
+            } else if let Some((key, _)) = trimmed.split_once(" = ") {
+                let full =
+                    if section.is_empty() { key.to_owned() } else { format!("{section}.{key}") };
+                if let Some(comment) = key_comment(&full) {
+                    push_comment(&mut out, comment);
+                }
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// The node key file: `node_key_file` relative to `home`.
+    pub fn node_key_path(&self, home: &Path) -> PathBuf {
+        home.join(&self.node_key_file)
+    }
+
+    /// Loads the node key from [`Config::node_key_path`].
+    pub fn load_node_key(&self, home: &Path) -> Result<NodeKey, ConfigError> {
+        Ok(NodeKey::load(self.node_key_path(home))?)
+    }
+
+    /// The peer store file: `p2p.peer_store_file` relative to `home`; `None` if empty.
+    pub fn peer_store_path(&self, home: &Path) -> Option<PathBuf> {
+        (!self.p2p.peer_store_file.is_empty()).then(|| home.join(&self.p2p.peer_store_file))
+    }
+
+    /// The MConn listen address (`p2p.laddr`), `None` if empty. A host name is resolved
+    /// (the first address is taken). An address is an error if the `mconn` feature is off.
+    pub fn mconn_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.listen_addr(
+            "p2p.laddr",
+            &self.p2p.laddr,
+            &["tcp", "mconn"],
+            "mconn",
+            cfg!(feature = "mconn"),
+        )
+    }
+
+    /// The QUIC listen address (`p2p.quic_laddr`), `None` if empty. A host name is resolved
+    /// (the first address is taken). Port 0 means the MConn listener's port (see
+    /// [`Node::start`](crate::Node::start)). An address is an error if the `quic` feature is off.
+    pub fn quic_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.listen_addr(
+            "p2p.quic_laddr",
+            &self.p2p.quic_laddr,
+            &["udp", "quic"],
+            "quic",
+            cfg!(feature = "quic"),
+        )
+    }
+
+    /// The address advertised to peers (`p2p.external_address`: `host:port`, an optional
+    /// `tcp://` in front), `None` if empty.
+    pub fn external_address(&self) -> Result<Option<(Host, u16)>, ConfigError> {
+        let value = self.p2p.external_address.as_str();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let host_port = value.strip_prefix("tcp://").unwrap_or(value);
+        parse_host_port(host_port)
+            .map(Some)
+            .map_err(|reason| self.invalid("p2p.external_address", value, reason))
+    }
+
+    /// The metrics endpoint (`instrumentation.prometheus_listen_addr`; `:port` means every
+    /// IPv4 interface), whether or not `instrumentation.prometheus` is on.
+    pub fn metrics_listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let key = "instrumentation.prometheus_listen_addr";
+        let value = self.instrumentation.prometheus_listen_addr.as_str();
+        let value = value.strip_prefix("tcp://").unwrap_or(value);
+        if let Some(port) = value.strip_prefix(':') {
+            let port = port
+                .parse::<u16>()
+                .map_err(|e| self.invalid(key, value, format!("bad port: {e}")))?;
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        }
+        resolve(value).map_err(|reason| self.invalid(key, value, reason))
+    }
+
+    /// Checks every value and builds the options of a [`Node`](crate::Node) with `key`. Files
+    /// are relative to `home`; nothing is read or written.
+    pub fn node_options(&self, home: &Path, key: NodeKey) -> Result<NodeOptions, ConfigError> {
+        let own = key.node_id();
+        if !is_ascii_text(&self.moniker) {
+            return Err(self.invalid(
+                "moniker",
+                &self.moniker,
+                "must be printable ASCII, not blank",
+            ));
+        }
+        if !is_ascii_text(&self.chain_id) || self.chain_id.len() > 50 {
+            return Err(self.invalid(
+                "chain_id",
+                &self.chain_id,
+                "must be printable ASCII, not blank, at most 50 characters",
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "plain" | "json") {
+            return Err(self.invalid(
+                "log_format",
+                &self.log_format,
+                "expected \"plain\" or \"json\"",
+            ));
+        }
+        if self.node_key_file.is_empty() {
+            return Err(self.invalid("node_key_file", "", "must not be empty"));
+        }
+
+        let mut options =
+            NodeOptions::new(key, self.chain_id.clone()).with_moniker(self.moniker.clone());
+
+        // Listeners.
+        let mconn_listen = self.mconn_listen_addr()?;
+        let quic_listen = self.quic_listen_addr()?;
+        #[cfg(feature = "mconn")]
+        {
+            options.mconn_listen = mconn_listen;
+            options.mconn = self.mconn_config()?;
+        }
+        #[cfg(not(feature = "mconn"))]
+        {
+            let _ = (mconn_listen, self.mconn_config()?);
+        }
+        #[cfg(feature = "quic")]
+        {
+            options.quic_listen = quic_listen;
+        }
+        #[cfg(not(feature = "quic"))]
+        {
+            let _ = quic_listen;
+        }
+        options.external_address = self.external_address()?.map(|(host, port)| match host {
+            Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+            host => format!("{host}:{port}"),
+        });
+
+        // Peers.
+        let persistent = self.peer_list("p2p.persistent_peers", &self.p2p.persistent_peers, own)?;
+        let seeds = self.peer_list("p2p.seeds", &self.p2p.seeds, own)?;
+        for id in split_list(&self.p2p.unconditional_peer_ids) {
+            id.parse::<NodeId>()
+                .map_err(|e| self.invalid("p2p.unconditional_peer_ids", id, e.to_string()))?;
+        }
+        let peer_manager = PeerManagerConfig {
+            max_connected: self
+                .p2p
+                .max_num_inbound_peers
+                .saturating_add(self.p2p.max_num_outbound_peers),
+            max_outgoing: self.p2p.max_num_outbound_peers,
+            persistent_peers: persistent.clone(),
+            ..PeerManagerConfig::default()
+        };
+        options.peer_manager = peer_manager;
+        options.peers = persistent;
+        options.peers.extend(seeds);
+
+        // Router.
+        let mut router = RouterConfig::default();
+        router.handshake_timeout =
+            self.duration("p2p.handshake_timeout", &self.p2p.handshake_timeout, false)?;
+        router.dial_timeout = self.duration("p2p.dial_timeout", &self.p2p.dial_timeout, false)?;
+        router.fallback_delay =
+            self.duration("p2p.fallback_delay", &self.p2p.fallback_delay, true)?;
+        options.router = router;
+        options.peer_store = self.peer_store_path(home);
+
+        // Gossip.
+        if self.mempool.max_tx_bytes == 0 {
+            return Err(self.invalid("mempool.max_tx_bytes", "0", "must be at least 1"));
+        }
+        if self.mempool.cache_size == 0 {
+            return Err(self.invalid("mempool.cache_size", "0", "must be at least 1"));
+        }
+        options.max_tx_bytes = self.mempool.max_tx_bytes;
+        options.gossip = self.mempool.broadcast.then(|| GossipConfig {
+            cache_size: self.mempool.cache_size,
+            ..GossipConfig::default()
+        });
+
+        // Metrics.
+        let metrics_listen = self.metrics_listen_addr()?;
+        let namespace = &self.instrumentation.namespace;
+        if !is_metric_namespace(namespace) {
+            return Err(self.invalid(
+                "instrumentation.namespace",
+                namespace,
+                "must be letters, digits and '_', not starting with a digit",
+            ));
+        }
+        options.metrics = self.instrumentation.prometheus.then(|| {
+            let mut metrics = MetricsOptions::new(metrics_listen);
+            metrics.namespace = namespace.clone();
+            metrics.per_peer_labels = self.instrumentation.per_peer_labels;
+            metrics
+        });
+        Ok(options)
+    }
+
+    /// The MConn transport settings (`send_rate`, `recv_rate`, `max_packet_msg_payload_size`,
+    /// `flush_throttle_timeout`).
+    #[cfg(feature = "mconn")]
+    fn mconn_config(&self) -> Result<p2p_transport_mconn::MConnConfig, ConfigError> {
+        let flush =
+            self.duration("p2p.flush_throttle_timeout", &self.p2p.flush_throttle_timeout, true)?;
+        let payload = self.checked_payload()?;
+        let mut config = p2p_transport_mconn::MConnConfig::default();
+        config.send_rate = (self.p2p.send_rate > 0).then_some(self.p2p.send_rate);
+        config.recv_rate = (self.p2p.recv_rate > 0).then_some(self.p2p.recv_rate);
+        config.max_flush_delay = flush;
+        config.mconn.max_packet_payload = payload;
+        Ok(config)
+    }
+
+    /// Without MConn the settings are still checked.
+    #[cfg(not(feature = "mconn"))]
+    fn mconn_config(&self) -> Result<(), ConfigError> {
+        self.duration("p2p.flush_throttle_timeout", &self.p2p.flush_throttle_timeout, true)?;
+        self.checked_payload()?;
+        Ok(())
+    }
+
+    fn checked_payload(&self) -> Result<usize, ConfigError> {
+        let payload = self.p2p.max_packet_msg_payload_size;
+        if !(1..=MAX_PACKET_PAYLOAD).contains(&payload) {
+            return Err(self.invalid(
+                "p2p.max_packet_msg_payload_size",
+                &payload.to_string(),
+                format!("must be from 1 to {MAX_PACKET_PAYLOAD}"),
+            ));
+        }
+        Ok(payload)
+    }
+
+    fn file_path(&self) -> PathBuf {
+        self.source.0.clone().unwrap_or_else(|| PathBuf::from(BUILT_IN))
+    }
+
+    fn invalid(&self, key: &str, value: &str, reason: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file_path(),
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason: one_line(&reason.to_string()),
+        }
+    }
+
+    fn duration(&self, key: &str, value: &str, zero_ok: bool) -> Result<Duration, ConfigError> {
+        let d = parse_duration(value).map_err(|e| self.invalid(key, value, e.reason))?;
+        if d.is_zero() && !zero_ok {
+            return Err(self.invalid(key, value, "must be more than zero"));
+        }
+        Ok(d)
+    }
+
+    fn listen_addr(
+        &self,
+        key: &str,
+        value: &str,
+        schemes: &[&str],
+        feature: &'static str,
+        enabled: bool,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if !enabled {
+            return Err(ConfigError::MissingFeature {
+                file: self.file_path(),
+                key: key.to_owned(),
+                value: value.to_owned(),
+                feature,
+            });
+        }
+        let host_port = match value.split_once("://") {
+            Some((scheme, rest)) if schemes.contains(&scheme) => rest,
+            Some((scheme, _)) => {
+                let expected = schemes.first().copied().unwrap_or_default();
+                return Err(self.invalid(
+                    key,
+                    value,
+                    format!("unsupported scheme {scheme:?}; expected {expected}://host:port"),
+                ));
+            }
+            None => value,
+        };
+        resolve(host_port).map(Some).map_err(|reason| self.invalid(key, value, reason))
+    }
+
+    fn peer_list(
+        &self,
+        key: &str,
+        value: &str,
+        own: NodeId,
+    ) -> Result<Vec<NodeAddress>, ConfigError> {
+        let mut peers = Vec::new();
+        for entry in split_list(value) {
+            let address: NodeAddress =
+                entry.parse().map_err(|e: p2p::ParseAddressError| self.invalid(key, entry, e))?;
+            if address.node_id() == own {
+                return Err(self.invalid(key, entry, "this is this node's own ID"));
+            }
+            let protocol = address.protocol();
+            let feature = if *protocol == Protocol::MCONN {
+                Some(("mconn", cfg!(feature = "mconn")))
+            } else if *protocol == Protocol::QUIC {
+                Some(("quic", cfg!(feature = "quic")))
+            } else {
+                None
+            };
+            match feature {
+                Some((_, true)) => {}
+                Some((feature, false)) => {
+                    return Err(ConfigError::MissingFeature {
+                        file: self.file_path(),
+                        key: key.to_owned(),
+                        value: entry.to_owned(),
+                        feature,
+                    });
+                }
+                None => {
+                    return Err(self.invalid(
+                        key,
+                        entry,
+                        format!("p2pd cannot dial {protocol} addresses; use mconn or quic"),
+                    ));
+                }
+            }
+            peers.push(address);
+        }
+        Ok(peers)
+    }
+}
+
+/// The largest `p2p.max_packet_msg_payload_size` accepted (CometBFT's default is 1024).
+const MAX_PACKET_PAYLOAD: usize = 1024 * 1024;
+
+/// The non-empty, trimmed entries of a comma-separated list.
+fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Non-empty printable ASCII that is not only spaces (what NodeInfo accepts).
+fn is_ascii_text(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (0x20..=0x7e).contains(&b)) && s.bytes().any(|b| b != b' ')
+}
+
+/// Empty, or a Prometheus name prefix.
+fn is_metric_namespace(s: &str) -> bool {
+    s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.char_indices().take_while(|(i, _)| *i < offset).filter(|(_, c)| *c == '\n').count() + 1
+}
+
+/// `host:port` (IPv6 in brackets) with a port from 1 to 65535; the host is not resolved.
+fn parse_host_port(value: &str) -> Result<(Host, u16), String> {
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| "expected host:port".to_owned())?;
+    if host.is_empty() {
+        return Err("expected host:port; the host is missing".to_owned());
+    }
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    if port == 0 {
+        return Err("the port must be from 1 to 65535".to_owned());
+    }
+    let host = Host::from_str(host).map_err(|e| e.to_string())?;
+    Ok((host, port))
+}
+
+/// `host:port` to a socket address: an IP literal (IPv6 in brackets), or a name resolved now
+/// (the first address is taken). Port 0 is accepted.
+fn resolve(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| "expected host:port".to_owned())?;
+    if host.is_empty() {
+        return Err("expected host:port; the host is missing".to_owned());
+    }
+    port.parse::<u16>().map_err(|_| format!("bad port {port:?}"))?;
+    let mut found = value.to_socket_addrs().map_err(|e| format!("cannot resolve: {e}"))?;
+    found.next().ok_or_else(|| "the host name has no address".to_owned())
+}
+
+fn push_comment(out: &mut String, comment: &str) {
+    for line in comment.lines() {
+        out.push_str("# ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+fn section_comment(section: &str) -> Option<&'static str> {
+    Some(match section {
+        "p2p" => "Peer-to-peer settings.",
+        "mempool" => "Transaction gossip on CometBFT's mempool channel (0x30). No mempool is kept.",
+        "instrumentation" => "Prometheus metrics.",
+        _ => return None,
+    })
+}
+
+/// The comment written above each key by [`Config::to_toml`].
+fn key_comment(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "moniker" => "A name for this node, shown to peers. Printable ASCII.",
+        "chain_id" => {
+            "The network: peers with another chain ID are refused (CometBFT reads it from\n\
+             genesis.json)."
+        }
+        "log_level" => {
+            "Log filter, RUST_LOG syntax: \"info\", \"p2p=debug,info\". The RUST_LOG environment\n\
+             variable and --log-level override it."
+        }
+        "log_format" => "\"plain\" or \"json\" (--log-format overrides it).",
+        "node_key_file" => {
+            "The node key, CometBFT's node_key.json format, relative to the home directory."
+        }
+        "p2p.laddr" => {
+            "MConnection (TCP, CometBFT-compatible) listen address, tcp://host:port;\n\
+             \"\" for none. Needs the `mconn` cargo feature."
+        }
+        "p2p.quic_laddr" => {
+            "QUIC (UDP) listen address, udp://host:port; \"\" for none. Port 0 takes laddr's\n\
+             port. Needs the `quic` cargo feature."
+        }
+        "p2p.external_address" => {
+            "The address peers should dial, host:port, if not the listen address (\"\": the\n\
+             listen address)."
+        }
+        "p2p.seeds" => {
+            "Seed nodes, comma-separated addresses. Dialed at start like other peers (no PEX\n\
+             yet)."
+        }
+        "p2p.persistent_peers" => {
+            "Peers to stay connected to, comma-separated: id@host:port (MConnection),\n\
+             mconn://id@host:port or quic://id@host:port."
+        }
+        "p2p.unconditional_peer_ids" => "Comma-separated node IDs (checked; not used yet).",
+        "p2p.max_num_inbound_peers" => "Maximum number of inbound peers.",
+        "p2p.max_num_outbound_peers" => "Maximum number of outbound peers.",
+        "p2p.send_rate" => "MConnection send rate per connection, bytes/s (0: unlimited).",
+        "p2p.recv_rate" => "MConnection receive rate per connection, bytes/s (0: unlimited).",
+        "p2p.max_packet_msg_payload_size" => "MConnection packet payload size, bytes.",
+        "p2p.flush_throttle_timeout" => {
+            "Longest time a lone small MConnection message waits for company (\"0\": none)."
+        }
+        "p2p.handshake_timeout" => "Time allowed for the whole handshake with a peer.",
+        "p2p.dial_timeout" => "Time allowed to set up a transport connection.",
+        "p2p.fallback_delay" => {
+            "When a peer has QUIC and MConnection addresses: how long a dial waits for QUIC\n\
+             before also trying MConnection."
+        }
+        "p2p.peer_store_file" => {
+            "The peer store, relative to the home directory (\"\": peers are not remembered)."
+        }
+        "mempool.broadcast" => "Gossip transactions.",
+        "mempool.max_tx_bytes" => "Largest transaction accepted, bytes.",
+        "mempool.cache_size" => {
+            "Recently seen transactions remembered (duplicates are not forwarded again)."
+        }
+        "instrumentation.prometheus" => "Serve Prometheus metrics at /metrics.",
+        "instrumentation.prometheus_listen_addr" => {
+            "Where, host:port; \":26660\" means every IPv4 interface."
+        }
+        "instrumentation.namespace" => "Metric name prefix.",
+        "instrumentation.per_peer_labels" => {
+            "Add a peer_id label to per-peer metrics (high cardinality)."
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn key() -> NodeKey {
+        NodeKey::from_seed([7; 32])
+    }
+
+    fn other_id() -> NodeId {
+        NodeKey::from_seed([8; 32]).node_id()
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "/home/x/config/config.toml")
+    }
+
+    /// The one-line message of an error, checked to be one line and to name the file.
+    fn message(e: &ConfigError) -> String {
+        let msg = e.to_string();
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        msg
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("0", Duration::ZERO),
+            ("300ms", Duration::from_millis(300)),
+            ("3s", Duration::from_secs(3)),
+            ("1m", Duration::from_secs(60)),
+            ("2h", Duration::from_secs(7200)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            (".5ms", Duration::from_micros(500)),
+            ("10us", Duration::from_micros(10)),
+            ("10µs", Duration::from_micros(10)),
+            ("7ns", Duration::from_nanos(7)),
+            ("+1s", Duration::from_secs(1)),
+            ("0s", Duration::ZERO),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "3", "s", "1.2.3s", "-1s", "1d", "1 s", "1s ", ".s", "3sms", "1e3s"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert_eq!(e.input, bad);
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("600000000h").is_err(), "does not fit a u64 of nanoseconds");
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.file(), Some(Path::new("/home/x/config/config.toml")));
+        assert_eq!(Config::default().file(), None);
+    }
+
+    #[test]
+    fn to_toml_round_trips_and_comments_every_key() {
+        let mut config = Config { moniker: "node \"one\"".to_owned(), ..Config::default() };
+        config.p2p.persistent_peers = format!("{}@1.2.3.4:26656", other_id());
+        config.mempool.broadcast = false;
+        config.instrumentation.prometheus = true;
+        let text = config.to_toml().unwrap();
+        assert_eq!(parse(&text).unwrap(), config);
+        let mut previous = "";
+        for line in text.lines() {
+            if !line.starts_with('#') && line.contains(" = ") {
+                assert!(previous.starts_with('#'), "no comment above {line:?}");
+            }
+            previous = line;
+        }
+        // Every key of every section is written.
+        for key in ["moniker", "laddr", "quic_laddr", "send_rate", "cache_size", "namespace"] {
+            assert!(text.contains(&format!("\n{key} = ")), "{key} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_line_and_key() {
+        let e = parse("moniker = \"a\"\n\n[p2p]\nladdr = \"tcp://0.0.0.0:1\"\nbogus = 1\n")
+            .unwrap_err();
+        let msg = message(&e);
+        assert!(
+            matches!(&e, ConfigError::Parse { key: Some(k), line: Some(5), .. } if k == "p2p.bogus"),
+            "{e:?}"
+        );
+        assert!(
+            msg.starts_with("/home/x/config/config.toml:5: p2p.bogus: unknown field `bogus`"),
+            "{msg}"
+        );
+
+        let e = parse("bogus = true\n").unwrap_err();
+        assert!(message(&e).contains(": bogus: unknown field"), "{e}");
+        let e = parse("[nope]\n").unwrap_err();
+        assert!(message(&e).contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_syntax_errors() {
+        let e = parse("[p2p]\nmax_num_inbound_peers = \"x\"\n").unwrap_err();
+        let msg = message(&e);
+        assert!(msg.contains("config.toml:2: p2p.max_num_inbound_peers: invalid type"), "{msg}");
+        let e = parse("[mempool]\nbroadcast = 1\n").unwrap_err();
+        assert!(message(&e).contains("mempool.broadcast"), "{e}");
+        let e = parse("moniker = [\n").unwrap_err();
+        assert!(message(&e).starts_with("/home/x/config/config.toml:"), "{e}");
+        let e = parse("moniker = \"a\"\nmoniker = \"b\"\n").unwrap_err();
+        assert!(message(&e).contains("config.toml:2"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let e = Config::load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(
+            message(&e).contains("config.toml: cannot read") && e.to_string().contains("p2pd init")
+        );
+        std::fs::write(&path, "[p2p]\nseeds = \"\"\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    #[cfg(all(feature = "mconn", feature = "quic"))]
+    fn node_options_mapping() {
+        let peer = other_id();
+        let seed = NodeKey::from_seed([9; 32]).node_id();
+        let text = format!(
+            r#"
+moniker = "m"
+chain_id = "chain-1"
+[p2p]
+laddr = "tcp://127.0.0.1:26000"
+quic_laddr = "udp://[::1]:26001"
+external_address = "tcp://example.com:443"
+persistent_peers = "{peer}@10.0.0.1:26656, quic://{peer}@10.0.0.1:26656,"
+seeds = "mconn://{seed}@seed.example.com:26656"
+unconditional_peer_ids = "{peer}"
+max_num_inbound_peers = 7
+max_num_outbound_peers = 3
+send_rate = 0
+recv_rate = 1000
+max_packet_msg_payload_size = 4096
+flush_throttle_timeout = "10ms"
+handshake_timeout = "7s"
+dial_timeout = "1500ms"
+fallback_delay = "0"
+peer_store_file = "data/store.redb"
+[mempool]
+max_tx_bytes = 2048
+cache_size = 5
+[instrumentation]
+prometheus = true
+prometheus_listen_addr = ":9100"
+namespace = "p2p"
+per_peer_labels = true
+"#
+        );
+        let config = parse(&text).unwrap();
+        let home = Path::new("/srv/p2pd");
+        let o = config.node_options(home, key()).unwrap();
+        assert_eq!(o.key.node_id(), key().node_id());
+        assert_eq!(o.chain_id, "chain-1");
+        assert_eq!(o.moniker, "m");
+        assert_eq!(o.mconn_listen, Some("127.0.0.1:26000".parse().unwrap()));
+        assert_eq!(o.quic_listen, Some("[::1]:26001".parse().unwrap()));
+        assert_eq!(o.external_address.as_deref(), Some("example.com:443"));
+        let persistent: Vec<String> =
+            o.peer_manager.persistent_peers.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            persistent,
+            [format!("mconn://{peer}@10.0.0.1:26656"), format!("quic://{peer}@10.0.0.1:26656")]
+        );
+        let peers: Vec<String> = o.peers.iter().map(ToString::to_string).collect();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[..2], persistent[..]);
+        assert_eq!(peers[2], format!("mconn://{seed}@seed.example.com:26656"));
+        assert_eq!(o.peer_manager.max_connected, 10);
+        assert_eq!(o.peer_manager.max_outgoing, 3);
+        assert_eq!(o.mconn.send_rate, None);
+        assert_eq!(o.mconn.recv_rate, Some(1000));
+        assert_eq!(o.mconn.mconn.max_packet_payload, 4096);
+        assert_eq!(o.mconn.max_flush_delay, Duration::from_millis(10));
+        assert_eq!(o.router.handshake_timeout, Duration::from_secs(7));
+        assert_eq!(o.router.dial_timeout, Duration::from_millis(1500));
+        assert_eq!(o.router.fallback_delay, Duration::ZERO);
+        assert_eq!(o.peer_store, Some(PathBuf::from("/srv/p2pd/data/store.redb")));
+        assert_eq!(o.max_tx_bytes, 2048);
+        assert_eq!(o.gossip.as_ref().map(|g| g.cache_size), Some(5));
+        let metrics = o.metrics.unwrap();
+        assert_eq!(metrics.listen, "0.0.0.0:9100".parse().unwrap());
+        assert_eq!(metrics.namespace, "p2p");
+        assert!(metrics.per_peer_labels);
+    }
+
+    #[test]
+    fn defaults_map_to_options() {
+        let home = Path::new("/srv/p2pd");
+        let o = Config::default().node_options(home, key()).unwrap();
+        #[cfg(feature = "mconn")]
+        {
+            assert_eq!(o.mconn_listen, Some("0.0.0.0:26656".parse().unwrap()));
+            assert_eq!(o.mconn.send_rate, Some(5_120_000));
+            assert_eq!(o.mconn.max_flush_delay, Duration::from_millis(100));
+        }
+        #[cfg(feature = "quic")]
+        assert_eq!(o.quic_listen, Some("0.0.0.0:26656".parse().unwrap()));
+        assert_eq!(o.external_address, None);
+        assert!(o.peers.is_empty() && o.peer_manager.persistent_peers.is_empty());
+        assert_eq!(o.peer_manager.max_connected, 50);
+        assert_eq!(o.peer_manager.max_outgoing, 10);
+        assert_eq!(o.router.handshake_timeout, Duration::from_secs(20));
+        assert_eq!(o.peer_store, Some(PathBuf::from("/srv/p2pd/data/peers.redb")));
+        assert!(o.gossip.is_some());
+        assert!(o.metrics.is_none());
+        assert_eq!(Config::default().node_key_path(home), home.join("config/node_key.json"));
+    }
+
+    #[test]
+    fn switches_turn_things_off() {
+        let mut config = Config::default();
+        config.p2p.laddr = String::new();
+        config.p2p.quic_laddr = String::new();
+        config.p2p.peer_store_file = String::new();
+        config.mempool.broadcast = false;
+        let o = config.node_options(Path::new("/h"), key()).unwrap();
+        #[cfg(feature = "mconn")]
+        assert_eq!(o.mconn_listen, None);
+        #[cfg(feature = "quic")]
+        assert_eq!(o.quic_listen, None);
+        assert_eq!(o.peer_store, None);
+        assert!(o.gossip.is_none());
+    }
+
+    /// `(section, key, value)` that must be refused, and a string the message must contain.
+    #[test]
+    fn invalid_values_name_the_key_and_value() {
+        let own = key().node_id();
+        let peer = other_id();
+        let cases: Vec<(&str, &str, String, &str)> = vec![
+            ("", "moniker", "\"\"".into(), "moniker: \"\""),
+            ("", "moniker", "\"caf\u{e9}\"".into(), "moniker"),
+            ("", "chain_id", "\" \"".into(), "chain_id"),
+            ("", "log_format", "\"xml\"".into(), "log_format: \"xml\""),
+            ("", "node_key_file", "\"\"".into(), "node_key_file"),
+            ("p2p", "laddr", "\"udp://0.0.0.0:1\"".into(), "p2p.laddr: \"udp://0.0.0.0:1\""),
+            ("p2p", "laddr", "\"tcp://0.0.0.0\"".into(), "p2p.laddr"),
+            ("p2p", "laddr", "\"tcp://0.0.0.0:99999\"".into(), "p2p.laddr"),
+            ("p2p", "quic_laddr", "\"tcp://0.0.0.0:1\"".into(), "p2p.quic_laddr"),
+            ("p2p", "external_address", "\"1.2.3.4\"".into(), "p2p.external_address"),
+            ("p2p", "external_address", "\"1.2.3.4:0\"".into(), "p2p.external_address"),
+            ("p2p", "external_address", "\"bad host:1\"".into(), "p2p.external_address"),
+            ("p2p", "persistent_peers", "\"abc@x\"".into(), "p2p.persistent_peers: \"abc@x\": "),
+            (
+                "p2p",
+                "persistent_peers",
+                format!("\"nope,{peer}@1.2.3.4:1\""),
+                "p2p.persistent_peers: \"nope\"",
+            ),
+            ("p2p", "persistent_peers", format!("\"{own}@1.2.3.4:1\""), "own ID"),
+            ("p2p", "persistent_peers", format!("\"memory:{peer}\""), "cannot dial memory"),
+            ("p2p", "seeds", "\"x\"".into(), "p2p.seeds: \"x\""),
+            ("p2p", "unconditional_peer_ids", "\"zz\"".into(), "p2p.unconditional_peer_ids"),
+            ("p2p", "max_packet_msg_payload_size", "0".into(), "p2p.max_packet_msg_payload_size"),
+            ("p2p", "flush_throttle_timeout", "\"fast\"".into(), "p2p.flush_throttle_timeout"),
+            ("p2p", "handshake_timeout", "\"0s\"".into(), "more than zero"),
+            ("p2p", "dial_timeout", "\"3\"".into(), "p2p.dial_timeout: \"3\""),
+            ("p2p", "fallback_delay", "\"1x\"".into(), "p2p.fallback_delay"),
+            ("mempool", "max_tx_bytes", "0".into(), "mempool.max_tx_bytes"),
+            ("mempool", "cache_size", "0".into(), "mempool.cache_size"),
+            (
+                "instrumentation",
+                "prometheus_listen_addr",
+                "\":http\"".into(),
+                "instrumentation.prometheus_listen_addr",
+            ),
+            ("instrumentation", "namespace", "\"a-b\"".into(), "instrumentation.namespace"),
+        ];
+        for (section, name, value, needle) in cases {
+            let text = if section.is_empty() {
+                format!("{name} = {value}\n")
+            } else {
+                format!("[{section}]\n{name} = {value}\n")
+            };
+            let config = parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let e = config.node_options(Path::new("/h"), key()).unwrap_err();
+            let msg = message(&e);
+            assert!(msg.starts_with("/home/x/config/config.toml: "), "{msg}");
+            assert!(msg.contains(needle), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn built_in_configuration_errors_say_so() {
+        let mut config = Config::default();
+        config.p2p.seeds = "x".to_owned();
+        let msg = config.node_options(Path::new("/h"), key()).unwrap_err().to_string();
+        assert!(msg.starts_with(BUILT_IN), "{msg}");
+        let msg = config
+            .with_file("/new/config.toml")
+            .node_options(Path::new("/h"), key())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("/new/config.toml: p2p.seeds"), "{msg}");
+    }
+
+    #[test]
+    fn listen_addresses_accept_bare_host_port_and_names() {
+        let mut config = Config::default();
+        config.p2p.laddr = "127.0.0.1:5".to_owned();
+        config.p2p.quic_laddr = "quic://localhost:0".to_owned();
+        if cfg!(feature = "mconn") {
+            assert_eq!(config.mconn_listen_addr().unwrap(), Some("127.0.0.1:5".parse().unwrap()));
+        }
+        if cfg!(feature = "quic") {
+            let quic = config.quic_listen_addr().unwrap().unwrap();
+            assert!(quic.ip().is_loopback() && quic.port() == 0, "{quic}");
+        }
+        config.instrumentation.prometheus_listen_addr = "127.0.0.1:9000".to_owned();
+        assert_eq!(config.metrics_listen_addr().unwrap(), "127.0.0.1:9000".parse().unwrap());
+        config.p2p.external_address = "[::1]:80".to_owned();
+        let (host, port) = config.external_address().unwrap().unwrap();
+        assert_eq!((host.to_string().as_str(), port), ("::1", 80));
+    }
+
+    #[test]
+    #[cfg(not(feature = "quic"))]
+    fn quic_address_without_the_feature() {
+        let e = parse("[p2p]\nquic_laddr = \"udp://0.0.0.0:1\"\n")
+            .unwrap()
+            .node_options(Path::new("/h"), key())
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::MissingFeature { feature: "quic", .. }), "{e:?}");
+        assert!(message(&e).contains("p2p.quic_laddr"));
+        assert_eq!(Config::default().p2p.quic_laddr, "");
+        let peer = other_id();
+        let e = parse(&format!("[p2p]\npersistent_peers = \"quic://{peer}@1.2.3.4:5\"\n"))
+            .unwrap()
+            .node_options(Path::new("/h"), key())
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::MissingFeature { feature: "quic", .. }), "{e:?}");
+    }
+
+    #[test]
+    #[cfg(not(feature = "mconn"))]
+    fn mconn_address_without_the_feature() {
+        let e = parse("[p2p]\nladdr = \"tcp://0.0.0.0:1\"\n")
+            .unwrap()
+            .node_options(Path::new("/h"), key())
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::MissingFeature { feature: "mconn", .. }), "{e:?}");
+        assert!(message(&e).contains("p2p.laddr") && message(&e).contains("`mconn`"));
+        assert_eq!(Config::default().p2p.laddr, "");
+    }
+
+    #[test]
+    fn node_key_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        let config = Config::default();
+        let e = config.load_node_key(dir.path()).unwrap_err();
+        assert!(message(&e).contains("node_key.json"), "{e}");
+        std::fs::write(config.node_key_path(dir.path()), "{}").unwrap();
+        let e = config.load_node_key(dir.path()).unwrap_err();
+        assert!(message(&e).contains("node_key.json"), "{e}");
+        key().save(config.node_key_path(dir.path())).unwrap();
+        assert_eq!(config.load_node_key(dir.path()).unwrap().node_id(), key().node_id());
     }
 }

@@ -170,6 +170,15 @@ impl GossipTask {
                     self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let hash = tx_hash(&tx);
+                    match from {
+                        Some(peer) => {
+                            tracing::debug!(%hash, %peer, len = tx.len(), "new transaction")
+                        }
+                        None => tracing::debug!(%hash, len = tx.len(), "new local transaction"),
+                    }
+                }
                 let _ = self.events.send(TxEvent { tx: tx.clone(), from, at: Instant::now() });
                 let message = Txs(vec![tx.to_vec()]);
                 let out = match from {
@@ -187,6 +196,14 @@ impl GossipTask {
             }
         }
     }
+}
+
+/// A transaction's hash as CometBFT prints it (RPC `broadcast_tx_*` `hash`, logs): SHA-256,
+/// uppercase hex.
+pub fn tx_hash(tx: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(tx);
+    digest.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// The hashes of the last `capacity` transactions seen (a ring; the oldest is forgotten first).
@@ -255,5 +272,14 @@ mod tests {
         assert_eq!(seen.len(), 3);
         assert!(seen.insert(b"a"), "the oldest was forgotten");
         assert!(!seen.insert(b"d"));
+    }
+
+    #[test]
+    fn tx_hash_is_cometbft_style() {
+        // SHA-256("abc"), uppercase.
+        assert_eq!(
+            tx_hash(b"abc"),
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+        );
     }
 }

@@ -1,5 +1,11 @@
-//! `p2pd`: the node binary (work in progress).
+//! `p2pd`: the node binary. `p2pd init`, then `p2pd start`; `p2pd --help` lists the commands.
+//!
+//! Exit codes: 0 on success, 2 for a bad configuration, key file, command line, or a listen
+//! address that cannot be bound (one line on stderr, nothing written), 1 for other failures.
+//! Logs go to stdout, errors to stderr.
 
-fn main() {
-    println!("p2pd: not yet");
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

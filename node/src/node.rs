@@ -209,7 +209,15 @@ impl Node {
             store,
         )
         .map(Arc::new)?;
+        #[cfg_attr(
+            not(any(feature = "mconn", feature = "quic", feature = "memory")),
+            allow(unused_mut)
+        )]
         let mut addresses = Vec::new();
+        #[cfg_attr(
+            not(any(feature = "mconn", feature = "quic", feature = "memory")),
+            allow(unused_mut)
+        )]
         let mut transports = 0;
 
         #[cfg(feature = "mconn")]
@@ -236,8 +244,9 @@ impl Node {
             {
                 addr.set_port(port);
             }
-            let t = p2p_transport_quic::QuicTransport::bind(addr, &options.key, options.quic.clone())
-                .map_err(|e| match e {
+            let t =
+                p2p_transport_quic::QuicTransport::bind(addr, &options.key, options.quic.clone())
+                    .map_err(|e| match e {
                     p2p_transport_quic::QuicError::Io(source) => {
                         NodeError::Listen { protocol: Protocol::QUIC, addr, source }
                     }
@@ -291,12 +300,7 @@ impl Node {
                 }
             }
         }));
-        router.start()?;
-        for peer in &options.peers {
-            router
-                .add_address(peer.clone())
-                .map_err(|source| NodeError::Peer { address: peer.clone(), source })?;
-        }
+        // Metrics first: if the endpoint cannot be served, nothing has connected yet.
         let metrics = match &options.metrics {
             Some(m) => Some(
                 MetricsServer::serve(m.clone(), router.clone(), gossip.clone())
@@ -305,6 +309,12 @@ impl Node {
             ),
             None => None,
         };
+        router.start()?;
+        for peer in &options.peers {
+            router
+                .add_address(peer.clone())
+                .map_err(|source| NodeError::Peer { address: peer.clone(), source })?;
+        }
         tracing::info!(node = %id, addresses = ?addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), "node started");
         Ok(Self { router, gossip, addresses, metrics, tasks })
     }
