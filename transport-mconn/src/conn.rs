@@ -14,6 +14,7 @@
 //! therefore never gets a healthy connection dropped for a missing pong; a peer that takes none
 //! of our bytes for [`MConnConfig::write_stall_timeout`] is dropped.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -31,7 +32,7 @@ use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, trace};
 
@@ -50,7 +51,9 @@ const READ_CHUNK: usize = 256 * 1024;
 const IDLE_BUFFER: usize = 16 * 1024;
 
 enum Command {
-    Send(ChannelId, Bytes),
+    /// A message, with its channel's admission permit (released once the message is in the
+    /// MConnection's queue for the channel).
+    Send(ChannelId, Bytes, OwnedSemaphorePermit),
     Close(oneshot::Sender<()>),
 }
 
@@ -62,6 +65,9 @@ struct Running {
     /// The channels declared at the handshake (bit per channel ID); MConnection cannot send
     /// on others.
     channels: [u64; 4],
+    /// Per declared channel: how many more of its messages may wait for the driver (so a
+    /// channel whose queue is full makes only its own senders wait, not the other channels').
+    admission: Vec<(ChannelId, Arc<Semaphore>)>,
 }
 
 enum State {
@@ -284,11 +290,15 @@ impl Connection for MConnConnection {
                 *word |= 1 << (d.id.0 % 64);
             }
         }
+        let per_channel = self.config.command_queue.max(1);
+        let admission =
+            channels.iter().map(|d| (d.id, Arc::new(Semaphore::new(per_channel)))).collect();
         self.state = State::Running(Running {
             commands: commands_tx,
             events: Mutex::new(events_rx),
             failure,
             channels: declared,
+            admission,
         });
         Ok((peer_info, peer_key))
     }
@@ -297,10 +307,14 @@ impl Connection for MConnConnection {
         let running = self.running()?;
         let declared = (running.channels.get(usize::from(channel.0 / 64)))
             .is_some_and(|word| word & (1 << (channel.0 % 64)) != 0);
-        if !declared {
+        let admission = running.admission.iter().find(|(id, _)| *id == channel);
+        let (true, Some((_, admission))) = (declared, admission) else {
             return Err(ConnectionError::UnknownChannel(channel));
-        }
-        if running.commands.send(Command::Send(channel, message)).await.is_err() {
+        };
+        let Ok(permit) = admission.clone().acquire_owned().await else {
+            return Err(take_failure(&running.failure));
+        };
+        if running.commands.send(Command::Send(channel, message, permit)).await.is_err() {
             return Err(take_failure(&running.failure));
         }
         Ok(())
@@ -471,8 +485,9 @@ impl Driver {
         let mut written = 0usize;
         // A received message waiting for room in the events queue (reading is paused meanwhile).
         let mut undelivered: Option<(ChannelId, Bytes)> = None;
-        // A command waiting for room in its channel's MConnection send queue.
-        let mut blocked: Option<(ChannelId, Bytes)> = None;
+        // Per channel, messages waiting for room in the channel's MConnection send queue (at
+        // most `command_queue` each: the admission permits bound them).
+        let mut waiting: Vec<(u8, VecDeque<(Bytes, OwnedSemaphorePermit)>)> = Vec::new();
         let mut closing: Option<oneshot::Sender<()>> = None;
         let mut commands_open = true;
         let mut paused = false;
@@ -504,14 +519,18 @@ impl Driver {
                     }
                 }
             }
-            // Move a blocked command into the MConnection once its channel has room.
-            if let Some((ch, _)) = &blocked
-                && self.mconn.can_queue(ch.0)
-                && let Some((ch, msg)) = blocked.take()
-                && let Err(e) = self.mconn.queue(ch.0, msg)
-            {
-                return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+            // Move waiting messages into the MConnection as their channels get room.
+            for (ch, queue) in &mut waiting {
+                while self.mconn.can_queue(*ch)
+                    && let Some((msg, permit)) = queue.pop_front()
+                {
+                    if let Err(e) = self.mconn.queue(*ch, msg) {
+                        return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+                    }
+                    drop(permit);
+                }
             }
+            let nothing_waiting = waiting.iter().all(|(_, q)| q.is_empty());
             // Produce more ciphertext once the previous batch is written.
             let send_blocked = blocked_until(&mut self.send_limit, now);
             let flush = flush_decision(
@@ -565,7 +584,7 @@ impl Driver {
             }
             let idle_out = written == cipher_out.len() && !self.mconn.wants_to_transmit();
             if let Some(ack) = closing.take() {
-                if idle_out && blocked.is_none() {
+                if idle_out && nothing_waiting {
                     let _ = self.writer.flush().await;
                     return Ended::Closed(ack);
                 }
@@ -573,7 +592,7 @@ impl Driver {
             }
             // Keep polling commands while closing, to notice when every handle is dropped (a
             // close that timed out because the peer stopped reading).
-            let accept_commands = commands_open && blocked.is_none();
+            let accept_commands = commands_open;
             // Idle: give memory back.
             if written == cipher_out.len() && !self.mconn.wants_to_transmit() {
                 plain_out.shrink_to(IDLE_BUFFER);
@@ -608,14 +627,23 @@ impl Driver {
                     let mut next = cmd;
                     loop {
                         match next {
-                            Some(Command::Send(ch, msg)) => {
-                                if self.mconn.can_queue(ch.0) {
-                                    if let Err(e) = self.mconn.queue(ch.0, msg) {
-                                        return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+                            Some(Command::Send(ch, msg, permit)) => {
+                                let i = match waiting.iter().position(|(c, _)| *c == ch.0) {
+                                    Some(i) => i,
+                                    None => {
+                                        waiting.push((ch.0, VecDeque::new()));
+                                        waiting.len() - 1
                                     }
-                                } else {
-                                    blocked = Some((ch, msg));
-                                    break;
+                                };
+                                if let Some((_, queue)) = waiting.get_mut(i) {
+                                    if queue.is_empty() && self.mconn.can_queue(ch.0) {
+                                        if let Err(e) = self.mconn.queue(ch.0, msg) {
+                                            return Ended::Failed(ConnectionError::Protocol(e.to_string()));
+                                        }
+                                        drop(permit);
+                                    } else {
+                                        queue.push_back((msg, permit));
+                                    }
                                 }
                             }
                             Some(Command::Close(ack)) => {

@@ -35,7 +35,9 @@ pub struct MConnConfig {
     /// per-peer queues hold the rest). The connection interleaves channels by priority, so this
     /// only bounds memory and lets small messages share writes. Default 16.
     pub channel_send_queue: usize,
-    /// Outbound messages handed to the connection's driver and not yet taken. Default 32.
+    /// Outbound messages handed to the connection's driver and not yet taken, and, per
+    /// channel, messages waiting while the channel's send queue is full (a full channel makes
+    /// only its own senders wait). Default 32.
     pub command_queue: usize,
     /// Received messages waiting for the router's reader; when full the driver stops reading the
     /// socket (backpressure). Default 64.
