@@ -18,12 +18,11 @@
 //! Nothing is trimmed: whitespace anywhere is an error.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::fmt;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use crate::dns::{DnsError, Resolver};
 use crate::types::{NodeId, NodeIdError};
 
 /// The forms a node address may take, for error messages.
@@ -204,37 +203,58 @@ impl NodeAddress {
         }
     }
 
-    /// Resolves this address to the endpoints a transport can dial.
+    /// Resolves this address to the endpoints a transport can dial, with `resolver` for a DNS
+    /// host.
     ///
-    /// * an IP host gives one socket endpoint;
-    /// * a DNS host is looked up now (every dial should call this again, so DNS changes are
-    ///   followed); all returned addresses, IPv6 and IPv4, are kept in the resolver's order,
-    ///   without duplicates;
+    /// * an IP host gives one socket endpoint, without a DNS query;
+    /// * a DNS host is looked up with `resolver` (A and AAAA; the resolver's cache follows the
+    ///   records' TTLs, so calling this on every dial follows DNS changes): every address found,
+    ///   IPv6 and IPv4 interleaved, IPv6 first, without duplicates (see [`crate::dns`]);
     /// * an opaque address gives one [`EndpointAddr::Path`] holding the node ID.
+    pub async fn resolve_with(&self, resolver: &Resolver) -> Result<Vec<Endpoint>, ResolveError> {
+        match &self.target {
+            Target::HostPort(Host::Dns(name), port) => Ok(resolver
+                .lookup(name, *port)
+                .await?
+                .into_iter()
+                .map(|addr| Endpoint::socket(self.protocol.clone(), addr))
+                .collect()),
+            _ => Ok(self.literal_endpoints().unwrap_or_default()),
+        }
+    }
+
+    /// Resolves this address like [`resolve_with`](Self::resolve_with), a DNS host with a
+    /// [`Resolver::system`] made for this call.
+    ///
+    /// That resolver, and so its cache, lives for this call only: code that resolves
+    /// repeatedly (the [`Router`](crate::Router) does on every dial) should keep a [`Resolver`]
+    /// and call [`resolve_with`](Self::resolve_with).
     pub async fn resolve(&self) -> Result<Vec<Endpoint>, ResolveError> {
         match &self.target {
-            Target::Opaque => Ok(vec![Endpoint {
+            Target::HostPort(Host::Dns(name), port) => {
+                let resolver = Resolver::system().map_err(|source| ResolveError::Setup {
+                    host: name.clone(),
+                    port: *port,
+                    source,
+                })?;
+                self.resolve_with(&resolver).await
+            }
+            _ => Ok(self.literal_endpoints().unwrap_or_default()),
+        }
+    }
+
+    /// The endpoints of an address that needs no DNS (an IP host or an opaque address), or
+    /// `None` for a DNS host.
+    pub(crate) fn literal_endpoints(&self) -> Option<Vec<Endpoint>> {
+        match &self.target {
+            Target::Opaque => Some(vec![Endpoint {
                 protocol: self.protocol.clone(),
                 addr: EndpointAddr::Path(self.node_id.to_string()),
             }]),
             Target::HostPort(Host::Ip(ip), port) => {
-                Ok(vec![Endpoint::socket(self.protocol.clone(), SocketAddr::new(*ip, *port))])
+                Some(vec![Endpoint::socket(self.protocol.clone(), SocketAddr::new(*ip, *port))])
             }
-            Target::HostPort(Host::Dns(name), port) => {
-                let port = *port;
-                let found = tokio::net::lookup_host((name.as_str(), port))
-                    .await
-                    .map_err(|source| ResolveError::Lookup { host: name.clone(), port, source })?;
-                let mut seen = HashSet::new();
-                let endpoints: Vec<Endpoint> = found
-                    .filter(|addr| seen.insert(*addr))
-                    .map(|addr| Endpoint::socket(self.protocol.clone(), addr))
-                    .collect();
-                if endpoints.is_empty() {
-                    return Err(ResolveError::NoAddresses { host: name.clone(), port });
-                }
-                Ok(endpoints)
-            }
+            Target::HostPort(Host::Dns(_), _) => None,
         }
     }
 }
@@ -652,11 +672,29 @@ fn parse_port(input: &str, port: &str, min: u16) -> Result<u16, ParseAddressErro
     }
 }
 
-/// Why [`NodeAddress::resolve`] failed.
+/// Why [`NodeAddress::resolve`], [`NodeAddress::resolve_with`] or [`Resolver::lookup`] failed.
+///
+/// Every message names the host and port.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResolveError {
-    /// The DNS lookup failed.
+    /// The DNS name does not exist (NXDOMAIN).
+    #[error("could not resolve host {host:?} (port {port}): no such DNS name (NXDOMAIN)")]
+    NoSuchHost {
+        /// The DNS name.
+        host: String,
+        /// The port of the address.
+        port: u16,
+    },
+    /// The DNS name exists but has no A or AAAA record.
+    #[error("could not resolve host {host:?} (port {port}): the name has no A or AAAA record")]
+    NoAddresses {
+        /// The DNS name.
+        host: String,
+        /// The port of the address.
+        port: u16,
+    },
+    /// The DNS lookup failed: a timeout, an unreachable or failing name server, an invalid name.
     #[error("could not resolve host {host:?} (port {port}): {source}")]
     Lookup {
         /// The DNS name.
@@ -664,16 +702,30 @@ pub enum ResolveError {
         /// The port of the address.
         port: u16,
         /// The resolver's error.
-        source: io::Error,
+        source: DnsError,
     },
-    /// The DNS lookup returned no addresses.
-    #[error("host {host:?} (port {port}) resolved to no addresses")]
-    NoAddresses {
+    /// The system resolver could not be set up.
+    #[error("could not resolve host {host:?} (port {port}): no system DNS resolver: {source}")]
+    Setup {
         /// The DNS name.
         host: String,
         /// The port of the address.
         port: u16,
+        /// The resolver's error.
+        source: DnsError,
     },
+}
+
+impl ResolveError {
+    /// The DNS name that did not resolve.
+    pub fn host(&self) -> &str {
+        match self {
+            Self::NoSuchHost { host, .. }
+            | Self::NoAddresses { host, .. }
+            | Self::Lookup { host, .. }
+            | Self::Setup { host, .. } => host,
+        }
+    }
 }
 
 /// A resolved place to dial or listen: a protocol plus a socket address or an opaque path.
@@ -719,6 +771,8 @@ pub enum EndpointAddr {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     type HostPort = (Host, u16);
@@ -1043,6 +1097,7 @@ mod tests {
         // `.invalid` is reserved (RFC 2606) and never resolves.
         let a = parse(&format!("mconn://{ID}@no-such-host.invalid:1"));
         let e = a.resolve().await.unwrap_err();
+        assert_eq!(e.host(), "no-such-host.invalid");
         assert!(e.to_string().contains("no-such-host.invalid"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
 //! Core of a Tendermint ADR-062 style peer-to-peer stack.
 //!
 //! * [`NodeId`], [`NodeKey`], [`NodeInfo`], [`NodeAddress`]: identities and addresses.
+//! * [`Resolver`]: DNS for host names in addresses (system configuration or a given server),
+//!   looked up on every dial, cached for the records' TTLs.
 //! * [`Transport`] / [`Connection`]: what a transport crate implements (`mconn`, `quic`, `memory`).
 //! * [`Router`]: owns the connections, runs the dial/accept/evict loops and moves messages between
 //!   reactor [`Channel`]s and peers through bounded per-peer priority queues.
@@ -16,6 +18,7 @@ pub mod address;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod consensus;
+pub mod dns;
 pub mod echo;
 pub mod key;
 pub mod mempool;
@@ -29,6 +32,7 @@ pub mod types;
 pub use address::{
     Endpoint, EndpointAddr, Host, NodeAddress, ParseAddressError, Protocol, ResolveError,
 };
+pub use dns::{DnsError, Resolver};
 pub use key::{NodeKey, NodeKeyError};
 pub use node_info::{MAX_CHANNELS, MAX_NODE_INFO_SIZE, NodeInfo, NodeInfoError, ProtocolVersion};
 pub use peer_manager::{

@@ -248,8 +248,14 @@ pub enum PexAction {
     /// Answer the peer's request: send it `PexMessage::Addrs` with up to
     /// [`PexConfig::max_addresses_sent`] known addresses (not its own).
     Respond(NodeId),
-    /// Add these addresses (`mconn://id@ip:port`) to the peer manager.
-    Learn(Vec<NodeAddress>),
+    /// Add these addresses (`mconn://id@ip:port`), gossiped by `from`, to the peer manager
+    /// (subject to its per-source quotas).
+    Learn {
+        /// The peer that sent them.
+        from: NodeId,
+        /// The addresses.
+        addresses: Vec<NodeAddress>,
+    },
     /// Report the peer's misbehaviour.
     Penalise(NodeId, Severity, String),
 }
@@ -476,7 +482,7 @@ impl PexState {
             .map(|a| a.to_node_address())
             .collect();
         if !learned.is_empty() {
-            actions.push(PexAction::Learn(learned));
+            actions.push(PexAction::Learn { from: peer, addresses: learned });
         }
         actions
     }
@@ -643,12 +649,16 @@ async fn execute(
                     debug!(%peer, error = %e, "PEX answer not sent");
                 }
             }
-            PexAction::Learn(addresses) => {
-                debug!(count = addresses.len(), "learned PEX addresses");
+            PexAction::Learn { from, addresses } => {
+                let count = addresses.len();
+                let mut refused = 0;
                 for address in addresses {
-                    // Own, banned or overflowing addresses are refused; nothing to do about it.
-                    let _ = router.add_address(address);
+                    // Own, banned, verified-elsewhere or over-quota addresses are refused.
+                    if router.add_gossiped_address(address, from).is_err() {
+                        refused += 1;
+                    }
                 }
+                debug!(%from, count, refused, "learned PEX addresses");
             }
             PexAction::Penalise(peer, severity, reason) => {
                 channel.report_error(PeerError { node_id: peer, severity, reason });
@@ -951,7 +961,10 @@ mod tests {
         // A second reply to one request is unsolicited too.
         s.peer_up(id(2), Direction::Outbound, t(0), 5);
         let a = s.on_message(id(2), addrs_msg(vec![addr(7, 1)]), t(1));
-        assert_eq!(a, vec![PexAction::Learn(vec![addr(7, 1).to_node_address()])]);
+        assert_eq!(
+            a,
+            vec![PexAction::Learn { from: id(2), addresses: vec![addr(7, 1).to_node_address()] }]
+        );
         let a = s.on_message(id(2), addrs_msg(vec![addr(7, 1)]), t(2));
         assert_eq!(penalties(&a), vec![(id(2), Severity::Disconnect)]);
         // From a peer we do not know at all.
@@ -968,7 +981,7 @@ mod tests {
             .collect();
         let a = s.on_message(id(1), addrs_msg(many.clone()), t(1));
         assert!(penalties(&a).is_empty());
-        let [PexAction::Learn(learned)] = a.as_slice() else { panic!("{a:?}") };
+        let [PexAction::Learn { addresses: learned, .. }] = a.as_slice() else { panic!("{a:?}") };
         assert_eq!(learned.len(), MAX_ADDRESSES);
         assert_eq!(learned[249], many[249].to_node_address());
     }
@@ -989,7 +1002,7 @@ mod tests {
             a,
             vec![
                 PexAction::Penalise(id(1), Severity::Minor, "2 malformed PEX address(es)".into()),
-                PexAction::Learn(vec![addr(6, 26656).to_node_address()]),
+                PexAction::Learn { from: id(1), addresses: vec![addr(6, 26656).to_node_address()] },
             ]
         );
     }
@@ -1050,7 +1063,10 @@ mod tests {
         s.peer_down(id(1), t(1));
         s.peer_up(id(1), Direction::Inbound, t(2), 5);
         let a = s.on_message(id(1), addrs_msg(vec![addr(7, 1)]), t(3));
-        assert_eq!(a, vec![PexAction::Learn(vec![addr(7, 1).to_node_address()])]);
+        assert_eq!(
+            a,
+            vec![PexAction::Learn { from: id(1), addresses: vec![addr(7, 1).to_node_address()] }]
+        );
         // Only once.
         let a = s.on_message(id(1), addrs_msg(vec![]), t(4));
         assert_eq!(penalties(&a), vec![(id(1), Severity::Disconnect)]);

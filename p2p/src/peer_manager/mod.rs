@@ -46,6 +46,19 @@
 //! [`dial_next`]: PeerManager::dial_next
 //! [`RouterConfig::fallback_delay`]: crate::RouterConfig::fallback_delay
 //!
+//! **Address book defences.** Addresses from the configuration or an operator
+//! ([`PeerManager::add_address`]) are trusted. Addresses a peer gossiped (PEX,
+//! [`PeerManager::add_gossiped_address`]) remember their source and are limited: a source may
+//! give at most [`PeerManagerConfig::max_gossip_per_source_group`] addresses per
+//! [`NetworkGroup`] (the /16 of an IPv4 address, the /32 of an IPv6 one) and
+//! [`PeerManagerConfig::max_gossip_per_source`] in all, so one source flooding thousands of
+//! addresses from one network fills only its quota ([`AddAddressError::SourceQuota`]). An
+//! address whose dial completed the handshake is *verified*: gossip never adds another address
+//! for that node ID while it is known ([`AddAddressError::Verified`]), and a full address list
+//! never evicts it. Each failed dial of a gossiped address costs its source
+//! [`SOURCE_FAILURE_PENALTY`]. Banned peers are not re-learned while the ban lasts. Sources and
+//! verification are persisted.
+//!
 //! **Backoff.** After `k` consecutive failures of an address, it is retried at
 //! `last_failure + min(min_retry · 2^(k−1), cap) · (1 + jitter)` with `jitter` drawn from
 //! `[0, retry_jitter)` and `cap` = `max_retry_persistent` for persistent peers, `max_retry`
@@ -133,6 +146,8 @@ pub const CONNECTED_REWARD: f64 = 1.0;
 pub const GOOD_REWARD: f64 = 1.0;
 /// How many addresses are remembered per peer.
 pub const MAX_ADDRESSES_PER_PEER: usize = 8;
+/// Score a source loses each time an address it gossiped fails to dial.
+pub const SOURCE_FAILURE_PENALTY: f64 = 0.25;
 
 /// A point in time: milliseconds since the Unix epoch.
 #[derive(
@@ -302,7 +317,7 @@ pub enum Rejection {
 }
 
 /// Why [`PeerManager::add_address`] refused an address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AddAddressError {
     /// The address is this node's own.
@@ -322,6 +337,69 @@ pub enum AddAddressError {
         /// The configured bound.
         max_peers: usize,
     },
+    /// The source already gave us as many addresses as it may (in this network group, or in
+    /// all).
+    #[error("{source_id} already gave {count} addresses{}, its quota", group.as_ref().map(|g| format!(" in network group {g}")).unwrap_or_default())]
+    SourceQuota {
+        /// The peer that gossiped the address.
+        source_id: NodeId,
+        /// The network group (`a.b.0.0/16`, `x:y::/32`, a DNS name), or `None` for the total.
+        group: Option<NetworkGroup>,
+        /// How many it gave.
+        count: usize,
+    },
+    /// A handshake verified another address of this node ID; gossip does not replace it.
+    #[error("the peer's address was verified by a handshake; gossip does not replace it")]
+    Verified,
+}
+
+/// The network group of an address, for per-source quotas: the /16 of an IPv4 address, the /32
+/// of an IPv6 one, the name of a DNS host, or the opaque target (memory addresses).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum NetworkGroup {
+    /// The first two octets of an IPv4 address.
+    V4([u8; 2]),
+    /// The first four octets of an IPv6 address.
+    V6([u8; 4]),
+    /// A DNS name.
+    Name(String),
+    /// An address without a host (in-process transports).
+    Opaque,
+}
+
+impl NetworkGroup {
+    /// The group of `address`.
+    pub fn of(address: &NodeAddress) -> Self {
+        match address.host_port() {
+            Some((crate::address::Host::Ip(std::net::IpAddr::V4(ip)), _)) => {
+                let [a, b, _, _] = ip.octets();
+                Self::V4([a, b])
+            }
+            Some((crate::address::Host::Ip(std::net::IpAddr::V6(ip)), _)) => {
+                let o = ip.octets();
+                Self::V6([o[0], o[1], o[2], o[3]])
+            }
+            Some((crate::address::Host::Dns(name), _)) => Self::Name(name.clone()),
+            None => Self::Opaque,
+        }
+    }
+}
+
+impl fmt::Display for NetworkGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4([a, b]) => write!(f, "{a}.{b}.0.0/16"),
+            Self::V6([a, b, c, d]) => write!(
+                f,
+                "{:x}:{:x}::/32",
+                u16::from_be_bytes([*a, *b]),
+                u16::from_be_bytes([*c, *d])
+            ),
+            Self::Name(name) => f.write_str(name),
+            Self::Opaque => f.write_str("(no host)"),
+        }
+    }
 }
 
 /// Configuration of a [`PeerManager`].
@@ -355,6 +433,11 @@ pub struct PeerManagerConfig {
     pub persistent_peers: Vec<NodeAddress>,
     /// Seed of the RNG that draws backoff jitter.
     pub rng_seed: u64,
+    /// Most addresses one peer may give us by gossip (PEX) in one network group (default 16;
+    /// see "Address book defences" in the [module documentation](self)).
+    pub max_gossip_per_source_group: usize,
+    /// Most addresses one peer may give us by gossip in all (default 256).
+    pub max_gossip_per_source: usize,
     /// Transport protocols in order of preference when a peer has addresses of several (default
     /// QUIC, then MConn; unlisted protocols come last). See "Addresses and transports" in the
     /// [module documentation](self).
@@ -378,6 +461,8 @@ impl Default for PeerManagerConfig {
             persistent_peers: Vec::new(),
             rng_seed: 0,
             protocol_preference: vec![Protocol::QUIC, Protocol::MCONN],
+            max_gossip_per_source_group: 16,
+            max_gossip_per_source: 256,
         }
     }
 }
@@ -390,11 +475,19 @@ struct Addr {
     last_failure: Option<Timestamp>,
     /// Not before this time (backoff); `None`: dialable now.
     retry_at: Option<Timestamp>,
+    /// The peer that gossiped it; `None`: configuration or operator.
+    source: Option<NodeId>,
+    /// A dial of it completed the handshake with the node ID it names.
+    verified: bool,
 }
 
 impl Addr {
     fn new(address: NodeAddress) -> Self {
-        Self { address, failures: 0, last_failure: None, retry_at: None }
+        Self::from_source(address, None)
+    }
+
+    fn from_source(address: NodeAddress, source: Option<NodeId>) -> Self {
+        Self { address, failures: 0, last_failure: None, retry_at: None, source, verified: false }
     }
 
     fn ready_at(&self) -> Timestamp {
@@ -545,6 +638,17 @@ impl Peer {
     /// Adds an address; returns whether it is new. When the list is full, the address with the
     /// most failures makes room, if it has failed at all (`force`: even if not).
     fn add_address(&mut self, address: NodeAddress, force: bool) -> bool {
+        self.add_address_from(address, None, force)
+    }
+
+    /// [`add_address`](Self::add_address) remembering who gossiped it. A verified address is
+    /// never evicted to make room.
+    fn add_address_from(
+        &mut self,
+        address: NodeAddress,
+        source: Option<NodeId>,
+        force: bool,
+    ) -> bool {
         if self.addresses.iter().any(|a| a.address == address) {
             return false;
         }
@@ -554,7 +658,9 @@ impl Peer {
                 _ => None,
             };
             let worst = (self.addresses.iter().enumerate())
-                .filter(|(_, a)| Some(&a.address) != dialing && (force || a.failures > 0))
+                .filter(|(_, a)| {
+                    Some(&a.address) != dialing && !a.verified && (force || a.failures > 0)
+                })
                 .max_by_key(|(i, a)| (a.failures, *i))
                 .map(|(i, _)| i);
             match worst {
@@ -564,7 +670,7 @@ impl Peer {
                 None => return false,
             }
         }
-        self.addresses.push(Addr::new(address));
+        self.addresses.push(Addr::from_source(address, source));
         true
     }
 
@@ -581,6 +687,8 @@ impl Peer {
                     address: a.address.to_string(),
                     failures: a.failures,
                     last_failure: a.last_failure,
+                    source: a.source,
+                    verified: a.verified,
                 })
                 .collect(),
             persistent: self.persistent,
@@ -735,11 +843,12 @@ impl PeerManager {
                 Ok(address)
                     if address.node_id() == id && peer.addresses.len() < MAX_ADDRESSES_PER_PEER =>
                 {
-                    if peer.add_address(address, false)
+                    if peer.add_address_from(address, stored.source, false)
                         && let Some(addr) = peer.addresses.last_mut()
                     {
                         addr.failures = stored.failures;
                         addr.last_failure = stored.last_failure;
+                        addr.verified = stored.verified;
                     }
                 }
                 Ok(_) => {
@@ -840,6 +949,96 @@ impl PeerManager {
         Ok(true)
     }
 
+    /// Adds an address that peer `source` gossiped (PEX). On top of the rules of
+    /// [`add_address`](Self::add_address): refused with [`AddAddressError::Verified`] if a
+    /// handshake verified another address of the same node ID, and with
+    /// [`AddAddressError::SourceQuota`] once `source` gave
+    /// [`max_gossip_per_source_group`](PeerManagerConfig::max_gossip_per_source_group) addresses
+    /// in the address's [`NetworkGroup`] or
+    /// [`max_gossip_per_source`](PeerManagerConfig::max_gossip_per_source) in all.
+    pub fn add_gossiped_address(
+        &mut self,
+        addr: NodeAddress,
+        source: NodeId,
+        now: Timestamp,
+    ) -> Result<bool, AddAddressError> {
+        self.tick(now);
+        let id = addr.node_id();
+        if id == self.self_id {
+            return Err(AddAddressError::OwnAddress);
+        }
+        if let Some(peer) = self.peers.get(&id) {
+            if let Some(until) = peer.ban_until(now) {
+                return Err(AddAddressError::Banned { until });
+            }
+            if peer.addresses.iter().any(|a| a.address == addr) {
+                return Ok(false);
+            }
+            if peer.addresses.iter().any(|a| a.verified) {
+                return Err(AddAddressError::Verified);
+            }
+        }
+        let group = NetworkGroup::of(&addr);
+        let (mut total, mut in_group) = (0, 0);
+        for a in self.peers.values().flat_map(|p| &p.addresses) {
+            if a.source == Some(source) {
+                total += 1;
+                if NetworkGroup::of(&a.address) == group {
+                    in_group += 1;
+                }
+            }
+        }
+        if in_group >= self.config.max_gossip_per_source_group {
+            return Err(AddAddressError::SourceQuota {
+                source_id: source,
+                group: Some(group),
+                count: in_group,
+            });
+        }
+        if total >= self.config.max_gossip_per_source {
+            return Err(AddAddressError::SourceQuota {
+                source_id: source,
+                group: None,
+                count: total,
+            });
+        }
+        if let Some(peer) = self.peers.get_mut(&id) {
+            let added = peer.add_address_from(addr, Some(source), false);
+            if added {
+                self.dirty.insert(id);
+            }
+            return Ok(added);
+        }
+        if self.peers.len() >= self.config.max_peers {
+            match self.prune_candidate(now) {
+                Some((victim, score)) if score < 0.0 => self.forget(victim),
+                _ => {
+                    return Err(AddAddressError::StoreFull { max_peers: self.config.max_peers });
+                }
+            }
+        }
+        let mut peer = Peer::new(now);
+        peer.addresses.push(Addr::from_source(addr, Some(source)));
+        self.peers.insert(id, peer);
+        self.dirty.insert(id);
+        Ok(true)
+    }
+
+    /// A gossiped address failed to dial: its source loses [`SOURCE_FAILURE_PENALTY`].
+    fn blame_source(&mut self, addr: &NodeAddress, now: Timestamp) {
+        let half_life = self.half_life();
+        let source = (self.peers.get(&addr.node_id()))
+            .and_then(|p| p.addresses.iter().find(|a| a.address == *addr))
+            .and_then(|a| a.source);
+        if let Some(source) = source
+            && source != addr.node_id()
+            && let Some(src) = self.peers.get_mut(&source)
+            && src.adjust_score(-SOURCE_FAILURE_PENALTY, now, half_life)
+        {
+            self.dirty.insert(source);
+        }
+    }
+
     /// Picks the next address to dial, if any candidate is ready and capacity allows, and marks
     /// its peer as being dialed. The router reports the outcome with [`dialed`](Self::dialed) or
     /// [`dial_failed`](Self::dial_failed).
@@ -913,6 +1112,10 @@ impl PeerManager {
         if !matches!(peer.link, Link::Dialing(_)) {
             return;
         }
+        self.blame_source(addr, now);
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         peer.address_failed(addr, now, &self.config, &mut self.rng);
         self.dirty.insert(id);
     }
@@ -950,6 +1153,10 @@ impl PeerManager {
             tracing::debug!(%addr, "ignoring failure of a dial that is not in progress");
             return;
         }
+        self.blame_source(addr, now);
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         peer.link = Link::Idle;
         peer.adjust_score(-DIAL_FAILURE_PENALTY, now, half_life);
         self.dirty.insert(id);
@@ -1000,9 +1207,9 @@ impl PeerManager {
                 self.dirty.insert(id);
             }
             if let Some(entry) = peer.address_mut(addr)
-                && (entry.failures > 0 || entry.retry_at.is_some())
+                && (entry.failures > 0 || entry.retry_at.is_some() || !entry.verified)
             {
-                *entry = Addr::new(addr.clone());
+                *entry = Addr { verified: true, ..Addr::from_source(addr.clone(), entry.source) };
                 self.dirty.insert(id);
             }
         }

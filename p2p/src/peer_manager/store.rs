@@ -47,6 +47,12 @@ pub struct AddressRecord {
     pub failures: u32,
     /// When the last dial failed.
     pub last_failure: Option<Timestamp>,
+    /// The peer that gossiped it (absent: configuration or operator).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_node_id_hex")]
+    pub source: Option<NodeId>,
+    /// A handshake verified it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
 }
 
 /// A change to the peer store.
@@ -220,5 +226,31 @@ mod node_id_hex {
         deserializer: D,
     ) -> Result<NodeId, D::Error> {
         String::deserialize(deserializer)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Serde of an optional [`NodeId`] as its hex string.
+mod opt_node_id_hex {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::types::NodeId;
+
+    pub(super) fn serialize<S: Serializer>(
+        id: &Option<NodeId>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => serializer.collect_str(id),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<NodeId>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|s| s.parse().map_err(D::Error::custom))
+            .transpose()
     }
 }

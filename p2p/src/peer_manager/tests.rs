@@ -674,7 +674,13 @@ fn pm_record(pm: &PeerManager, n: u8) -> PeerRecord {
         addresses: pm
             .addresses(id(n))
             .iter()
-            .map(|a| AddressRecord { address: a.to_string(), failures: 0, last_failure: None })
+            .map(|a| AddressRecord {
+                address: a.to_string(),
+                failures: 0,
+                last_failure: None,
+                source: None,
+                verified: false,
+            })
             .collect(),
         persistent: false,
         score: 0.0,
@@ -986,4 +992,128 @@ fn a_fallback_that_won_the_race_is_remembered_over_the_preference() {
     pm.disconnected(id(1), ConnectionId(1), t(500));
     assert_eq!(pm.dial_next(t(3_600_000)), Some(mconn(1)));
     assert_eq!(pm.fallback_addresses(id(1), t(3_600_000)), vec![quic(1)]);
+}
+
+fn v4(n: u8, ip: [u8; 4], port: u16) -> NodeAddress {
+    let [a, b, c, d] = ip;
+    format!("mconn://{}@{a}.{b}.{c}.{d}:{port}", id(n)).parse().unwrap()
+}
+
+/// A node ID from a counter (for floods of distinct peers).
+fn id_n(n: u32) -> NodeId {
+    let mut bytes = [0xee; 20];
+    bytes[..4].copy_from_slice(&n.to_be_bytes());
+    NodeId::from_bytes(bytes)
+}
+
+#[test]
+fn one_source_flooding_one_network_group_fills_only_its_quota() {
+    let cfg = PeerManagerConfig { max_peers: 10_000, ..config() };
+    let (per_group, total) = (cfg.max_gossip_per_source_group, cfg.max_gossip_per_source);
+    let mut pm = manager(cfg);
+    let source = id(1);
+    let mut accepted = 0;
+    for n in 0..5000u32 {
+        let [_, _, c, d] = n.to_be_bytes();
+        let addr: NodeAddress = format!("mconn://{}@10.1.{c}.{d}:26656", id_n(n)).parse().unwrap();
+        match pm.add_gossiped_address(addr, source, t(0)) {
+            Ok(true) => accepted += 1,
+            Err(AddAddressError::SourceQuota { source_id, group: Some(group), count }) => {
+                assert_eq!((source_id, count), (source, per_group));
+                assert_eq!(group.to_string(), "10.1.0.0/16");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted, per_group);
+    // Another source may still add in that group; the flooder may add elsewhere until its total.
+    let other: NodeAddress = format!("mconn://{}@10.1.0.1:1", id_n(90_000)).parse().unwrap();
+    assert_eq!(pm.add_gossiped_address(other, id(2), t(0)), Ok(true));
+    let mut elsewhere = 0;
+    for n in 0..1000u32 {
+        // A different /16 for every address.
+        let (a, b) = (20 + n % 200, n / 200);
+        let addr: NodeAddress =
+            format!("mconn://{}@{a}.{b}.0.1:26656", id_n(100_000 + n)).parse().unwrap();
+        if pm.add_gossiped_address(addr, source, t(0)) == Ok(true) {
+            elsewhere += 1;
+        }
+    }
+    assert_eq!(accepted + elsewhere, total, "the flooder's total quota");
+    // Configured addresses are not gossip: no quota.
+    for n in 0..50u32 {
+        let addr: NodeAddress =
+            format!("mconn://{}@10.1.9.{n}:26656", id_n(200_000 + n)).parse().unwrap();
+        assert_eq!(pm.add_address(addr, t(0)), Ok(true));
+    }
+}
+
+#[test]
+fn gossip_does_not_replace_a_verified_address() {
+    let mut pm = manager(config());
+    let good = v4(3, [192, 0, 2, 3], 26656);
+    pm.add_address(good.clone(), t(0)).unwrap();
+    assert_eq!(pm.dial_next(t(0)), Some(good.clone()));
+    dial_and_connect(&mut pm, &good, 1, t(1));
+    let evil = v4(3, [203, 0, 113, 66], 26656);
+    assert_eq!(pm.add_gossiped_address(evil, id(9), t(2)), Err(AddAddressError::Verified));
+    assert_eq!(pm.addresses(id(3)), vec![good.clone()]);
+    // Even operator-added addresses filling the list never evict the verified one.
+    for port in 1..=20 {
+        let _ = pm.add_address(v4(3, [198, 51, 100, 1], port), t(3));
+    }
+    assert!(pm.addresses(id(3)).contains(&good));
+}
+
+#[test]
+fn gossip_for_an_unverified_peer_is_added_with_its_source() {
+    let mut pm = manager(config());
+    pm.add_address(v4(3, [192, 0, 2, 3], 1), t(0)).unwrap();
+    assert_eq!(pm.add_gossiped_address(v4(3, [192, 0, 2, 4], 1), id(9), t(0)), Ok(true));
+    assert_eq!(pm.add_gossiped_address(v4(3, [192, 0, 2, 4], 1), id(9), t(0)), Ok(false));
+    assert_eq!(pm.addresses(id(3)).len(), 2);
+}
+
+#[test]
+fn failing_gossiped_addresses_cost_their_source() {
+    let mut pm = manager(config());
+    connect_inbound(&mut pm, 9, 1, t(0));
+    let before = pm.score(id(9), t(0)).unwrap();
+    let bad = v4(4, [192, 0, 2, 4], 26656);
+    assert_eq!(pm.add_gossiped_address(bad.clone(), id(9), t(0)), Ok(true));
+    assert_eq!(pm.dial_next(t(0)), Some(bad.clone()));
+    pm.dial_failed(&bad, t(0));
+    let after = pm.score(id(9), t(0)).unwrap();
+    assert!(approx(before - after, SOURCE_FAILURE_PENALTY), "{before} -> {after}");
+}
+
+#[test]
+fn banned_peers_are_not_relearned_through_gossip() {
+    let mut pm = manager(config());
+    connect_inbound(&mut pm, 5, 1, t(0));
+    pm.report(id(5), Severity::Ban, t(0));
+    let err = pm.add_gossiped_address(v4(5, [192, 0, 2, 5], 1), id(9), t(1)).unwrap_err();
+    assert!(matches!(err, AddAddressError::Banned { .. }), "{err:?}");
+}
+
+#[test]
+fn address_sources_and_verification_survive_a_restart() {
+    let store = PeerStore::in_memory().unwrap();
+    let verified = v4(3, [192, 0, 2, 3], 26656);
+    {
+        let mut pm = manager(config());
+        pm.add_address(verified.clone(), t(0)).unwrap();
+        assert_eq!(pm.dial_next(t(0)), Some(verified.clone()));
+        dial_and_connect(&mut pm, &verified, 1, t(1));
+        pm.add_gossiped_address(v4(4, [192, 0, 2, 4], 1), id(9), t(2)).unwrap();
+        store.apply(&pm.drain_dirty()).unwrap();
+    }
+    let records = store.load().unwrap();
+    let r4 = records.iter().find(|r| r.node_id == id(4)).unwrap();
+    assert_eq!(r4.addresses[0].source, Some(id(9)));
+    let r3 = records.iter().find(|r| r.node_id == id(3)).unwrap();
+    assert!(r3.addresses[0].verified);
+    let mut pm = PeerManager::new(id(SELF), config(), records, t(10));
+    let evil = v4(3, [203, 0, 113, 66], 26656);
+    assert_eq!(pm.add_gossiped_address(evil, id(9), t(11)), Err(AddAddressError::Verified));
 }

@@ -42,7 +42,8 @@ pub use channel::{
 };
 use queue::{ChannelSet, PeerQueue, Scheduler, TryPop};
 
-use crate::address::{Endpoint, NodeAddress, Protocol};
+use crate::address::{Endpoint, Host, NodeAddress, Protocol};
+use crate::dns::Resolver;
 use crate::key::NodeKey;
 use crate::node_info::NodeInfo;
 use crate::peer_manager::{
@@ -84,6 +85,12 @@ pub struct RouterConfig {
     /// enough that a node whose UDP is blocked falls back to TCP well within
     /// [`dial_timeout`](Self::dial_timeout).
     pub fallback_delay: Duration,
+    /// Resolves the DNS hosts of addresses, on every dial (see [`crate::dns`]: answers are
+    /// cached for their TTL, so a changed record is followed once the old one expires; every
+    /// address found is tried in turn, IPv6 and IPv4 interleaved). Default `None`: a
+    /// [`Resolver::system`], made at the first dial of a DNS host (a failure to make it fails
+    /// that dial and is retried at the next).
+    pub resolver: Option<Resolver>,
 }
 
 impl Default for RouterConfig {
@@ -99,6 +106,7 @@ impl Default for RouterConfig {
             store_flush_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
             fallback_delay: Duration::from_millis(300),
+            resolver: None,
         }
     }
 }
@@ -448,6 +456,8 @@ pub(crate) struct Shared {
     counters: Counters,
     /// Per-protocol counters, one entry per protocol some transport serves (set at start).
     protocol_counters: OnceLock<Vec<(Protocol, ProtocolCounters)>>,
+    /// [`RouterConfig::resolver`], or the system resolver once a dial needed it.
+    resolver: OnceLock<Resolver>,
 }
 
 impl fmt::Debug for Shared {
@@ -577,6 +587,10 @@ impl Router {
         let pm = PeerManager::new(node_id, peer_manager, records, Timestamp::now());
         let (updates, _) = broadcast::channel(config.peer_updates_capacity.max(1));
         let (shutdown, _) = watch::channel(false);
+        let resolver = OnceLock::new();
+        if let Some(r) = config.resolver.clone() {
+            let _ = resolver.set(r);
+        }
         let shared = Arc::new(Shared {
             node_id,
             key,
@@ -600,6 +614,7 @@ impl Router {
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
             protocol_counters: OnceLock::new(),
+            resolver,
         });
         Ok(Self { shared, setup: Mutex::new(Some(Setup::default())), supervisor: Mutex::new(None) })
     }
@@ -659,6 +674,17 @@ impl Router {
     /// Tells the peer manager about an address (e.g. from config or PEX).
     pub fn add_address(&self, address: NodeAddress) -> Result<bool, AddAddressError> {
         self.shared.with_pm(|pm, now| pm.add_address(address, now))
+    }
+
+    /// Adds an address that peer `from` gossiped (PEX): the peer manager's per-source quotas
+    /// apply, and it never replaces an address a handshake verified (see
+    /// [`PeerManager::add_gossiped_address`]).
+    pub fn add_gossiped_address(
+        &self,
+        address: NodeAddress,
+        from: NodeId,
+    ) -> Result<bool, AddAddressError> {
+        self.shared.with_pm(|pm, now| pm.add_gossiped_address(address, from, now))
     }
 
     /// Runs a read-only query against the peer manager (scores, bans, known peers).
@@ -1100,7 +1126,7 @@ async fn connect(
     shared: &Arc<Shared>,
     address: &NodeAddress,
 ) -> Result<Box<dyn Connection>, DialError> {
-    let endpoints = address.resolve().await.map_err(|e| DialError::Resolve(e.to_string()))?;
+    let endpoints = resolve(shared, address).await?;
     let mut last = DialError::NoEndpoints;
     for endpoint in endpoints {
         let transports = shared.transports_for(&endpoint.protocol);
@@ -1137,6 +1163,27 @@ async fn connect(
         }
     }
     Err(last)
+}
+
+/// The endpoints of `address`: a DNS host is looked up now, with the configured resolver or the
+/// system's (made on first use).
+async fn resolve(shared: &Shared, address: &NodeAddress) -> Result<Vec<Endpoint>, DialError> {
+    let Some((Host::Dns(name), port)) = address.host_port() else {
+        return Ok(address.literal_endpoints().unwrap_or_default());
+    };
+    let resolver = match shared.resolver.get() {
+        Some(r) => r,
+        None => {
+            let system = Resolver::system().map_err(|source| {
+                DialError::Resolve(
+                    crate::address::ResolveError::Setup { host: name.clone(), port, source }
+                        .to_string(),
+                )
+            })?;
+            shared.resolver.get_or_init(|| system)
+        }
+    };
+    address.resolve_with(resolver).await.map_err(|e| DialError::Resolve(e.to_string()))
 }
 
 /// Runs the transport handshake under the timeout and checks the identity and NodeInfo.

@@ -1,0 +1,554 @@
+//! `p2p-bench`: the project's bench runner (issue 6).
+//!
+//! One run = calibration (ceilings) → the matrix, interleaved → calibration again; then the
+//! table (stdout), optional JSON (`--json PATH`) and optional `BENCHMARKS.md` at the
+//! workspace root (`--write-benchmarks-md`). Exit status: 0, or 1 if a target ratio is below
+//! [`report::GROSS_FRACTION`] of its target (a gross regression), or 2 if a cell failed.
+//!
+//! ```text
+//! cargo run --release -p p2p-bench -- --quick                  # CI profile
+//! cargo run --release -p p2p-bench -- --full --json bench.json --write-benchmarks-md
+//! cargo run --release -p p2p-bench -- --quick --only mconn-rr,quic   # a subset of rows
+//! ```
+//!
+//! Profiles (see [`Profile`]): `--quick` runs send-drain, send-timeframe (2 s) and
+//! broadcast-drain (1 sender + 7 receivers) at 1 KiB and 64 KiB, concurrency 1 and 8, no
+//! receive delay, 256 MiB per drain cell, 3 interleaved repetitions (about 3 minutes on 2
+//! cores); `--full` (the default, about 35 minutes) adds 200 B, 8 KiB and 512 KiB, a 20 ms
+//! receive delay and a 5 s timeframe. Go pairings run send-drain at concurrency 1 without
+//! delay only (the Go peer floods from one goroutine and its reactor never sleeps);
+//! broadcast runs at concurrency 1 only, as in CometBFT's matrix.
+
+mod calib;
+mod go;
+mod report;
+mod rr;
+#[allow(dead_code, clippy::indexing_slicing)]
+#[path = "../../interop-tests/benches/support/mod.rs"]
+mod support;
+mod sys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+
+use crate::calib::Volumes;
+use crate::go::GoPairing;
+use crate::rr::{Kind, Test};
+
+/// Bytes in a GiB.
+pub(crate) const GIB: f64 = (1u64 << 30) as f64;
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-bench", about = "Transport and router benchmarks with calibration ceilings")]
+struct Args {
+    /// The CI profile (well under 8 minutes on 2 cores).
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// The full profile (the default; about 35 minutes on 2 cores).
+    #[arg(long)]
+    full: bool,
+    /// Also write every sample, median, calibration and ratio as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write the tables, machine, command and Go version to BENCHMARKS.md at the workspace root.
+    #[arg(long)]
+    write_benchmarks_md: bool,
+    /// Run only the rows whose id contains one of these comma-separated strings (e.g.
+    /// `mconn-rr,quic-rr,msg-64kb`, `handshakes`, `router`). Calibration always runs.
+    #[arg(long, value_name = "FILTER")]
+    only: Option<String>,
+    /// Repetitions per cell (default: 5 quick, 3 full).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Skip the Go pairings even if the Go peer is built.
+    #[arg(long)]
+    no_go: bool,
+}
+
+/// What one profile runs.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Profile {
+    /// `quick` or `full`.
+    pub(crate) name: &'static str,
+    /// Repetitions of every cell (interleaved).
+    pub(crate) reps: usize,
+    /// Message sizes in bytes.
+    pub(crate) sizes: Vec<usize>,
+    /// Test types (Go pairings: send-drain only).
+    pub(crate) tests: Vec<TestType>,
+    /// Length of a send-timeframe cell.
+    pub(crate) timeframe: Duration,
+    /// Receivers of a broadcast cell (besides the sender).
+    pub(crate) broadcast_receivers: usize,
+    /// Sender concurrency values (Rust pairings; broadcast: 1 only).
+    pub(crate) concurrency: Vec<usize>,
+    /// Receive delays in ms (Rust pairings).
+    pub(crate) delays_ms: Vec<u64>,
+    /// Payload bytes per send-drain cell without delay (count = bytes / size).
+    pub(crate) drain_bytes: usize,
+    /// Messages per cell with a receive delay.
+    pub(crate) delay_count: usize,
+    /// Handshakes per connection-setup row.
+    pub(crate) handshakes: usize,
+    /// Messages in the router + memory row.
+    pub(crate) router_messages: usize,
+    /// Calibration pass volumes.
+    #[serde(skip)]
+    pub(crate) calib: Volumes,
+    /// Calibration passes at the start and at the end (medians compared for drift).
+    pub(crate) calib_reps: usize,
+}
+
+impl Profile {
+    fn quick() -> Self {
+        Self {
+            name: "quick",
+            reps: 3,
+            sizes: vec![1 << 10, 64 << 10],
+            tests: vec![TestType::Drain, TestType::Timeframe, TestType::Broadcast],
+            timeframe: Duration::from_secs(2),
+            broadcast_receivers: 7,
+            concurrency: vec![1, 8],
+            delays_ms: vec![0],
+            drain_bytes: 256 << 20,
+            delay_count: 100,
+            handshakes: 1000,
+            router_messages: 200_000,
+            calib: Volumes {
+                aead_time: Duration::from_millis(300),
+                tcp_bytes: 1 << 30,
+                quinn_bytes: 512 << 20,
+                mpsc_messages: 1_000_000,
+            },
+            calib_reps: 3,
+        }
+    }
+
+    fn full() -> Self {
+        Self {
+            name: "full",
+            reps: 3,
+            sizes: vec![200, 1 << 10, 8 << 10, 64 << 10, 512 << 10],
+            tests: vec![TestType::Drain, TestType::Timeframe, TestType::Broadcast],
+            timeframe: Duration::from_secs(5),
+            broadcast_receivers: 7,
+            concurrency: vec![1, 8],
+            delays_ms: vec![0, 20],
+            drain_bytes: 256 << 20,
+            delay_count: 150,
+            handshakes: 2000,
+            router_messages: 400_000,
+            calib: Volumes {
+                aead_time: Duration::from_millis(500),
+                tcp_bytes: 1 << 30,
+                quinn_bytes: 512 << 20,
+                mpsc_messages: 2_000_000,
+            },
+            calib_reps: 3,
+        }
+    }
+}
+
+/// One measurement of one cell.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Sample {
+    /// Payload bytes per second (first send → last receive).
+    pub(crate) rate: f64,
+    /// Messages per second.
+    pub(crate) msgs: f64,
+    /// Median one-way latency, ms (send timestamp in the payload; none for Go cells).
+    pub(crate) p50_ms: Option<f64>,
+    /// 99th-percentile latency, ms.
+    pub(crate) p99_ms: Option<f64>,
+    /// CPU s/GiB of the flood process (none when both ends share this process).
+    pub(crate) cpu_flood: Option<f64>,
+    /// CPU s/GiB of the sink process.
+    pub(crate) cpu_sink: Option<f64>,
+    /// CPU s/GiB of both ends together.
+    pub(crate) cpu_total: f64,
+    /// Peak RSS of the flood process, MiB.
+    pub(crate) rss_flood_mib: Option<f64>,
+    /// Peak RSS of the sink process, MiB (the same process as the flood for Rust ↔ Rust).
+    pub(crate) rss_sink_mib: Option<f64>,
+    /// Whether this process's peak RSS was reset before the cell (else it is the run's peak).
+    pub(crate) rss_reset: bool,
+}
+
+/// A pairing of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) enum Pairing {
+    /// MConn, both ends Rust.
+    MConnRustRust,
+    /// MConn, Rust flood → Go sink.
+    MConnRustGo,
+    /// MConn, Go flood → Rust sink.
+    MConnGoRust,
+    /// MConn, both ends Go.
+    MConnGoGo,
+    /// QUIC native protocol, both ends Rust.
+    QuicRustRust,
+    /// Memory transport, both ends Rust.
+    MemoryRustRust,
+}
+
+impl Pairing {
+    /// Run order within a repetition (A B C … A B C …).
+    const ALL: [Self; 6] = [
+        Self::MConnRustRust,
+        Self::MConnRustGo,
+        Self::MConnGoRust,
+        Self::MConnGoGo,
+        Self::QuicRustRust,
+        Self::MemoryRustRust,
+    ];
+
+    /// Short id used in row ids and `--only`.
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Self::MConnRustRust => "mconn-rr",
+            Self::MConnRustGo => "mconn-rg",
+            Self::MConnGoRust => "mconn-gr",
+            Self::MConnGoGo => "mconn-gg",
+            Self::QuicRustRust => "quic-rr",
+            Self::MemoryRustRust => "mem-rr",
+        }
+    }
+
+    /// Display name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::MConnRustRust => "MConn Rust->Rust",
+            Self::MConnRustGo => "MConn Rust->Go",
+            Self::MConnGoRust => "MConn Go->Rust",
+            Self::MConnGoGo => "MConn Go->Go",
+            Self::QuicRustRust => "QUIC Rust->Rust",
+            Self::MemoryRustRust => "memory Rust->Rust",
+        }
+    }
+
+    fn go(self) -> Option<GoPairing> {
+        match self {
+            Self::MConnRustGo => Some(GoPairing::RustGo),
+            Self::MConnGoRust => Some(GoPairing::GoRust),
+            Self::MConnGoGo => Some(GoPairing::GoGo),
+            _ => None,
+        }
+    }
+
+    fn kind(self) -> Option<Kind> {
+        match self {
+            Self::MConnRustRust => Some(Kind::MConn),
+            Self::QuicRustRust => Some(Kind::Quic),
+            Self::MemoryRustRust => Some(Kind::Memory),
+            _ => None,
+        }
+    }
+}
+
+/// A test type of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) enum TestType {
+    /// send-drain: a fixed message count, until all arrived.
+    Drain,
+    /// send-timeframe: as many as fit in the profile's timeframe.
+    Timeframe,
+    /// broadcast-drain: one sender, the profile's receivers, a fixed count each.
+    Broadcast,
+}
+
+impl TestType {
+    fn code(self) -> &'static str {
+        match self {
+            Self::Drain => "send-drain",
+            Self::Timeframe => "send-timeframe",
+            Self::Broadcast => "broadcast-drain",
+        }
+    }
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spec {
+    /// Test type.
+    pub(crate) test: TestType,
+    /// Who talks to whom over what.
+    pub(crate) pairing: Pairing,
+    /// Message bytes.
+    pub(crate) size: usize,
+    /// Concurrent senders.
+    pub(crate) cc: usize,
+    /// Receive delay, ms.
+    pub(crate) delay_ms: u64,
+    /// Messages.
+    pub(crate) count: usize,
+}
+
+impl Spec {
+    /// `<test>.<pairing>.msg-<size>.cc-<n>.delay-<d>`, after CometBFT's case names.
+    pub(crate) fn id(&self) -> String {
+        let size = if self.size.is_multiple_of(1024) {
+            format!("{}kb", self.size / 1024)
+        } else {
+            format!("{}b", self.size)
+        };
+        let delay =
+            if self.delay_ms == 0 { "no".to_owned() } else { format!("{}ms", self.delay_ms) };
+        let test = self.test.code();
+        format!("{test}.{}.msg-{size}.cc-{}.delay-{delay}", self.pairing.code(), self.cc)
+    }
+}
+
+/// A cell's samples.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CellResult {
+    /// [`Spec::id`].
+    pub(crate) id: String,
+    /// [`Pairing::name`].
+    pub(crate) pairing: &'static str,
+    /// Message bytes.
+    pub(crate) size: usize,
+    /// Concurrent senders.
+    pub(crate) concurrency: usize,
+    /// Receive delay, ms.
+    pub(crate) delay_ms: u64,
+    /// Messages per repetition (per receiver; 0 for send-timeframe: as many as fit).
+    pub(crate) messages: usize,
+    /// One per successful repetition.
+    pub(crate) samples: Vec<Sample>,
+    /// The first error, if any repetition failed.
+    pub(crate) error: Option<String>,
+    #[serde(skip)]
+    pub(crate) spec: Option<Spec>,
+}
+
+/// A row outside the matrix (connection setup, router + memory).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ExtraResult {
+    /// Row id.
+    pub(crate) id: &'static str,
+    /// What it measures.
+    pub(crate) what: &'static str,
+    /// Unit of `values`.
+    pub(crate) unit: &'static str,
+    /// One per repetition.
+    pub(crate) values: Vec<f64>,
+    /// Secondary figure per repetition (CPU ms per handshake), if any.
+    pub(crate) cpu_ms: Vec<f64>,
+    /// The first error, if any repetition failed.
+    pub(crate) error: Option<String>,
+}
+
+fn selected(only: Option<&[String]>, id: &str) -> bool {
+    only.is_none_or(|terms| terms.iter().any(|t| id.contains(t.as_str())))
+}
+
+fn calibrate(
+    rt: &tokio::runtime::Runtime,
+    p: &Profile,
+    when: &str,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    eprintln!("calibration ({when}) ...");
+    (0..p.calib_reps).map(|_| calib::run(rt, p.calib)).collect()
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("p2p-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    let mut profile = if args.quick { Profile::quick() } else { Profile::full() };
+    if let Some(r) = args.reps {
+        profile.reps = r.max(1);
+    }
+    let only: Option<Vec<String>> =
+        args.only.as_ref().map(|o| o.split(',').map(|s| s.trim().to_owned()).collect());
+    let only = only.as_deref();
+    let go_status = if args.no_go { Err(anyhow::anyhow!("--no-go")) } else { go::available() };
+    if let Err(e) = &go_status {
+        eprintln!("Go pairings skipped: {e:#}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let started = Instant::now();
+    let load_start = sys::load_average();
+    eprintln!("p2p-bench: {} profile, {} repetition(s)", profile.name, profile.reps);
+
+    // The matrix, in run order.
+    let mut cells: Vec<CellResult> = Vec::new();
+    for &test in &profile.tests {
+        for &size in &profile.sizes {
+            for &cc in &profile.concurrency {
+                for &delay_ms in &profile.delays_ms {
+                    for pairing in Pairing::ALL {
+                        let go_only_drain = test != TestType::Drain || cc != 1 || delay_ms != 0;
+                        if pairing.go().is_some() && (go_only_drain || go_status.is_err()) {
+                            continue;
+                        }
+                        if test == TestType::Broadcast && cc != 1 {
+                            continue;
+                        }
+                        let count = match (test, delay_ms) {
+                            (TestType::Timeframe, _) => 0,
+                            (_, 0) => (profile.drain_bytes / size).max(1),
+                            _ => profile.delay_count,
+                        };
+                        let count = if test == TestType::Broadcast && delay_ms == 0 {
+                            (count / profile.broadcast_receivers.max(1)).max(1)
+                        } else {
+                            count
+                        };
+                        let spec = Spec { test, pairing, size, cc, delay_ms, count };
+                        if !selected(only, &spec.id()) {
+                            continue;
+                        }
+                        cells.push(CellResult {
+                            id: spec.id(),
+                            pairing: pairing.name(),
+                            size,
+                            concurrency: cc,
+                            delay_ms,
+                            messages: count,
+                            samples: Vec::new(),
+                            error: None,
+                            spec: Some(spec),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mut extras: Vec<ExtraResult> = [
+        (
+            "handshakes.mconn.p16",
+            "MConn setup: dial + SecretConnection + NodeInfo, 16 in parallel",
+            "hs/s",
+        ),
+        ("handshakes.quic.p16", "QUIC setup: dial + TLS 1.3 + NodeInfo, 16 in parallel", "hs/s"),
+        ("router-memory.msg-200b", "router + memory transport, 200 B, 1 peer", "msg/s"),
+    ]
+    .into_iter()
+    .filter(|(id, _, _)| selected(only, id))
+    .map(|(id, what, unit)| ExtraResult {
+        id,
+        what,
+        unit,
+        values: vec![],
+        cpu_ms: vec![],
+        error: None,
+    })
+    .collect();
+
+    let calib_start = calibrate(&rt, &profile, "start")?;
+    for rep in 0..profile.reps {
+        for cell in &mut cells {
+            let Some(spec) = cell.spec else { continue };
+            let result = match (spec.pairing.kind(), spec.pairing.go()) {
+                (Some(kind), _) => rt.block_on(rr::run_cell(
+                    kind,
+                    match spec.test {
+                        TestType::Drain => Test::Drain,
+                        TestType::Timeframe => Test::Timeframe(profile.timeframe),
+                        TestType::Broadcast => Test::Broadcast(profile.broadcast_receivers),
+                    },
+                    spec.size,
+                    spec.cc,
+                    Duration::from_millis(spec.delay_ms),
+                    spec.count,
+                )),
+                (None, Some(g)) => go::send_drain(&rt, g, spec.size, spec.count as u64),
+                (None, None) => Err(anyhow::anyhow!("pairing without ends")),
+            };
+            match result {
+                Ok(s) => {
+                    eprintln!(
+                        "  rep {} {:<48} {:>9.1} MB/s {:>10.0} msg/s",
+                        rep + 1,
+                        cell.id,
+                        s.rate / 1e6,
+                        s.msgs
+                    );
+                    cell.samples.push(s);
+                }
+                Err(e) => {
+                    eprintln!("  rep {} {:<48} FAILED: {e:#}", rep + 1, cell.id);
+                    cell.error.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+        }
+        for extra in &mut extras {
+            let r = match extra.id {
+                "handshakes.mconn.p16" => {
+                    rt.block_on(rr::handshakes(Kind::MConn, profile.handshakes, 16))
+                }
+                "handshakes.quic.p16" => {
+                    rt.block_on(rr::handshakes(Kind::Quic, profile.handshakes, 16))
+                }
+                _ => rt
+                    .block_on(rr::router_rate(200, profile.router_messages))
+                    .map(|r| (r, f64::NAN)),
+            };
+            match r {
+                Ok((v, cpu)) => {
+                    eprintln!("  rep {} {:<48} {:>10.0} {}", rep + 1, extra.id, v, extra.unit);
+                    extra.values.push(v);
+                    if cpu.is_finite() {
+                        extra.cpu_ms.push(cpu);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("  rep {} {:<48} FAILED: {e:#}", rep + 1, extra.id);
+                    extra.error.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+        }
+    }
+    let calib_end = calibrate(&rt, &profile, "end")?;
+
+    let mut machine = sys::Machine::detect();
+    if go_status.is_ok() && cells.iter().any(|c| c.spec.is_some_and(|s| s.pairing.go().is_some())) {
+        machine.go_version = sys::go_version();
+        machine.go_peer_cometbft = go::cometbft_version();
+    }
+    let command = std::iter::once("cargo run --release -p p2p-bench --".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let run = report::Run::new(
+        profile,
+        command,
+        machine,
+        (load_start, sys::load_average()),
+        started.elapsed().as_secs_f64(),
+        &calib_start,
+        &calib_end,
+        cells,
+        extras,
+        go_status.err().map(|e| format!("{e:#}")),
+    );
+    let text = run.markdown();
+    println!("{text}");
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&run)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if args.write_benchmarks_md {
+        let path = p2p_interop_tests::workspace_root().join("BENCHMARKS.md");
+        std::fs::write(&path, run.benchmarks_md())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(run.exit_code())
+}

@@ -1,0 +1,562 @@
+//! Medians, ratios against the targets, and the table / JSON / `BENCHMARKS.md` output.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::sys::Machine;
+use crate::{CellResult, ExtraResult, Pairing, Profile, Sample, TestType, calib};
+
+/// A ratio below this fraction of its target is a gross regression: the only outcome that
+/// fails the run (exit status 1). One constant for every target, never tuned per run.
+pub(crate) const GROSS_FRACTION: f64 = 0.5;
+
+/// Calibration drift above this fraction (start vs end medians) flags the run.
+pub(crate) const DRIFT_LIMIT: f64 = 0.05;
+
+/// What a target compares.
+#[derive(Debug, Clone, Copy)]
+enum Metric {
+    /// Payload rate of cell `a` over payload rate of cell `b` (cells by pairing, size; cc 1,
+    /// no delay).
+    CellOverCell(Pairing, usize, Pairing, usize),
+    /// Payload rate of a cell (MB/s) over a calibration row (by id, MB/s).
+    CellOverCalib(Pairing, usize, &'static str),
+    /// The median of an extra row, absolute.
+    Extra(&'static str),
+}
+
+/// The targets of issue 6, all in one place: `(id, description, metric, target)`.
+const TARGETS: [(&str, &str, Metric, f64); 12] = [
+    (
+        "mconn_rr_vs_gg_64k",
+        "MConn Rust->Rust / Go->Go, 64 KiB",
+        Metric::CellOverCell(Pairing::MConnRustRust, 64 << 10, Pairing::MConnGoGo, 64 << 10),
+        3.0,
+    ),
+    (
+        "mconn_rr_vs_gg_1k",
+        "MConn Rust->Rust / Go->Go, 1 KiB",
+        Metric::CellOverCell(Pairing::MConnRustRust, 1 << 10, Pairing::MConnGoGo, 1 << 10),
+        2.0,
+    ),
+    (
+        "mconn_rr_vs_aead_64k",
+        "MConn Rust->Rust 64 KiB / AEAD seal 1028 B",
+        Metric::CellOverCalib(Pairing::MConnRustRust, 64 << 10, "aead_seal_1028"),
+        0.5,
+    ),
+    (
+        "mconn_rg_vs_gg_64k",
+        "MConn Rust->Go / Go->Go, 64 KiB",
+        Metric::CellOverCell(Pairing::MConnRustGo, 64 << 10, Pairing::MConnGoGo, 64 << 10),
+        1.0,
+    ),
+    (
+        "mconn_gr_vs_gg_64k",
+        "MConn Go->Rust / Go->Go, 64 KiB",
+        Metric::CellOverCell(Pairing::MConnGoRust, 64 << 10, Pairing::MConnGoGo, 64 << 10),
+        1.0,
+    ),
+    (
+        "mconn_rg_vs_gg_1k",
+        "MConn Rust->Go / Go->Go, 1 KiB",
+        Metric::CellOverCell(Pairing::MConnRustGo, 1 << 10, Pairing::MConnGoGo, 1 << 10),
+        1.0,
+    ),
+    (
+        "mconn_gr_vs_gg_1k",
+        "MConn Go->Rust / Go->Go, 1 KiB",
+        Metric::CellOverCell(Pairing::MConnGoRust, 1 << 10, Pairing::MConnGoGo, 1 << 10),
+        1.0,
+    ),
+    (
+        "quic_vs_quinn_64k",
+        "QUIC native 64 KiB / raw quinn",
+        Metric::CellOverCalib(Pairing::QuicRustRust, 64 << 10, "quinn"),
+        0.7,
+    ),
+    (
+        "quic_vs_mconn_gg_64k",
+        "QUIC native / MConn Go->Go, 64 KiB",
+        Metric::CellOverCell(Pairing::QuicRustRust, 64 << 10, Pairing::MConnGoGo, 64 << 10),
+        2.0,
+    ),
+    (
+        "router_memory_200b",
+        "router + memory, 200 B, msg/s",
+        Metric::Extra("router-memory.msg-200b"),
+        500_000.0,
+    ),
+    (
+        "handshakes_mconn_p16",
+        "MConn handshakes/s, 16 in parallel",
+        Metric::Extra("handshakes.mconn.p16"),
+        1000.0,
+    ),
+    (
+        "handshakes_quic_p16",
+        "QUIC handshakes/s, 16 in parallel",
+        Metric::Extra("handshakes.quic.p16"),
+        1000.0,
+    ),
+];
+
+/// Outcome of one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) enum Status {
+    /// At or above the target.
+    Pass,
+    /// Below the target but at or above [`GROSS_FRACTION`] of it.
+    Fail,
+    /// Below [`GROSS_FRACTION`] of the target.
+    Gross,
+    /// A cell it needs did not run (filtered out, Go missing) or failed.
+    Missing,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Fail => "FAIL(target)",
+            Self::Gross => "GROSS",
+            Self::Missing => "n/a",
+        }
+    }
+}
+
+/// One target's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TargetResult {
+    id: &'static str,
+    what: &'static str,
+    value: Option<f64>,
+    target: f64,
+    gross_below: f64,
+    status: Status,
+}
+
+/// One calibration row: medians of the start and end passes.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CalibRow {
+    id: &'static str,
+    what: &'static str,
+    unit: &'static str,
+    start: f64,
+    end: f64,
+    /// |end − start| / start.
+    drift: f64,
+    drifted: bool,
+    start_samples: Vec<f64>,
+    end_samples: Vec<f64>,
+}
+
+impl CalibRow {
+    /// The ceiling used for ratios: the mean of the start and end medians.
+    fn ceiling(&self) -> f64 {
+        (self.start + self.end) / 2.0
+    }
+}
+
+/// The median of each field of a cell's samples.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Medians {
+    /// The cell's id.
+    id: String,
+    rate_mb_s: f64,
+    msgs_s: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    cpu_flood_s_gib: Option<f64>,
+    cpu_sink_s_gib: Option<f64>,
+    cpu_total_s_gib: f64,
+    rss_flood_mib: Option<f64>,
+    rss_sink_mib: Option<f64>,
+    /// Ratio to the transport's ceiling (see `ceiling_name`).
+    x_ceiling: Option<f64>,
+    ceiling_name: &'static str,
+}
+
+/// A whole run, as written to JSON.
+#[derive(Debug, Serialize)]
+pub(crate) struct Run {
+    profile: Profile,
+    command: String,
+    machine: Machine,
+    load_average_start_end: (Option<f64>, Option<f64>),
+    seconds: f64,
+    calibration: Vec<CalibRow>,
+    calibration_drifted: bool,
+    cells: Vec<CellResult>,
+    medians: Vec<Option<Medians>>,
+    extras: Vec<ExtraResult>,
+    targets: Vec<TargetResult>,
+    go_skipped: Option<String>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    v.collect::<Option<Vec<f64>>>().and_then(median)
+}
+
+fn column(samples: &[Vec<f64>], i: usize) -> Vec<f64> {
+    samples.iter().filter_map(|s| s.get(i).copied()).collect()
+}
+
+impl Run {
+    /// Computes medians, drift and target outcomes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        profile: Profile,
+        command: String,
+        machine: Machine,
+        load: (Option<f64>, Option<f64>),
+        seconds: f64,
+        calib_start: &[Vec<f64>],
+        calib_end: &[Vec<f64>],
+        cells: Vec<CellResult>,
+        extras: Vec<ExtraResult>,
+        go_skipped: Option<String>,
+    ) -> Self {
+        let calibration: Vec<CalibRow> = calib::ROWS
+            .iter()
+            .enumerate()
+            .map(|(i, &(id, what, unit))| {
+                let (ss, es) = (column(calib_start, i), column(calib_end, i));
+                let start = median(ss.clone()).unwrap_or(f64::NAN);
+                let end = median(es.clone()).unwrap_or(f64::NAN);
+                let drift = ((end - start) / start).abs();
+                CalibRow {
+                    id,
+                    what,
+                    unit,
+                    start,
+                    end,
+                    drift,
+                    drifted: drift.is_nan() || drift > DRIFT_LIMIT,
+                    start_samples: ss,
+                    end_samples: es,
+                }
+            })
+            .collect();
+        let ceiling = |id: &str| calibration.iter().find(|c| c.id == id).map(CalibRow::ceiling);
+        let medians: Vec<Option<Medians>> = cells
+            .iter()
+            .map(|c| {
+                let s: &[Sample] = &c.samples;
+                let rate = median(s.iter().map(|x| x.rate).collect())?;
+                let msgs = median(s.iter().map(|x| x.msgs).collect())?;
+                let (ceiling_name, x_ceiling) = match c.spec.map(|s| s.pairing) {
+                    Some(Pairing::QuicRustRust) => {
+                        ("raw quinn", ceiling("quinn").map(|q| rate / 1e6 / q))
+                    }
+                    Some(Pairing::MemoryRustRust) => {
+                        ("mpsc msg/s", ceiling("mpsc_msgs").map(|q| msgs / q))
+                    }
+                    _ => ("AEAD seal 1028 B", ceiling("aead_seal_1028").map(|q| rate / 1e6 / q)),
+                };
+                Some(Medians {
+                    id: c.id.clone(),
+                    rate_mb_s: rate / 1e6,
+                    msgs_s: msgs,
+                    p50_ms: median_opt(s.iter().map(|x| x.p50_ms)),
+                    p99_ms: median_opt(s.iter().map(|x| x.p99_ms)),
+                    cpu_flood_s_gib: median_opt(s.iter().map(|x| x.cpu_flood)),
+                    cpu_sink_s_gib: median_opt(s.iter().map(|x| x.cpu_sink)),
+                    cpu_total_s_gib: median(s.iter().map(|x| x.cpu_total).collect())?,
+                    rss_flood_mib: median_opt(s.iter().map(|x| x.rss_flood_mib)),
+                    rss_sink_mib: median_opt(s.iter().map(|x| x.rss_sink_mib)),
+                    x_ceiling,
+                    ceiling_name,
+                })
+            })
+            .collect();
+        let cell_rate = |p: Pairing, size: usize| -> Option<f64> {
+            cells.iter().zip(&medians).find_map(|(c, m)| {
+                let s = c.spec?;
+                (s.test == TestType::Drain
+                    && s.pairing == p
+                    && s.size == size
+                    && s.cc == 1
+                    && s.delay_ms == 0)
+                    .then_some(m.as_ref()?.rate_mb_s)
+            })
+        };
+        let extra = |id: &str| {
+            extras
+                .iter()
+                .find(|e| e.id == id && e.error.is_none())
+                .and_then(|e| median(e.values.clone()))
+        };
+        let targets = TARGETS
+            .iter()
+            .map(|&(id, what, metric, target)| {
+                let value = match metric {
+                    Metric::CellOverCell(a, sa, b, sb) => {
+                        cell_rate(a, sa).zip(cell_rate(b, sb)).map(|(x, y)| x / y)
+                    }
+                    Metric::CellOverCalib(a, sa, c) => {
+                        cell_rate(a, sa).zip(ceiling(c)).map(|(x, y)| x / y)
+                    }
+                    Metric::Extra(e) => extra(e),
+                }
+                .filter(|v| v.is_finite());
+                let status = match value {
+                    None => Status::Missing,
+                    Some(v) if v >= target => Status::Pass,
+                    Some(v) if v >= target * GROSS_FRACTION => Status::Fail,
+                    Some(_) => Status::Gross,
+                };
+                TargetResult {
+                    id,
+                    what,
+                    value,
+                    target,
+                    gross_below: target * GROSS_FRACTION,
+                    status,
+                }
+            })
+            .collect();
+        let calibration_drifted = calibration.iter().any(|c| c.drifted);
+        Self {
+            profile,
+            command,
+            machine,
+            load_average_start_end: load,
+            seconds,
+            calibration,
+            calibration_drifted,
+            cells,
+            medians,
+            extras,
+            targets,
+            go_skipped,
+        }
+    }
+
+    /// 1 if any target is GROSS, 2 if a cell or row failed, else 0.
+    pub(crate) fn exit_code(&self) -> ExitCode {
+        if self.targets.iter().any(|t| t.status == Status::Gross) {
+            ExitCode::from(1)
+        } else if self.cells.iter().any(|c| c.error.is_some())
+            || self.extras.iter().any(|e| e.error.is_some())
+        {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+
+    /// The tables, as Markdown (also what stdout shows).
+    pub(crate) fn markdown(&self) -> String {
+        let mut o = String::new();
+        let f = |v: Option<f64>, prec: usize| {
+            v.map_or_else(|| "-".to_owned(), |x| format!("{x:.prec$}"))
+        };
+        let _ = writeln!(
+            o,
+            "### Calibration (medians of {} passes at the start and at the end)\n",
+            self.profile.calib_reps
+        );
+        let _ = writeln!(o, "| calibration | unit | start | end | drift |");
+        let _ = writeln!(o, "|---|---|---:|---:|---:|");
+        for c in &self.calibration {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.0} | {:.0} | {:.1}%{} |",
+                c.what,
+                c.unit,
+                c.start,
+                c.end,
+                c.drift * 100.0,
+                if c.drifted { " **DRIFT**" } else { "" }
+            );
+        }
+        if self.calibration_drifted {
+            let _ = writeln!(
+                o,
+                "\n**Calibration drifted by more than {:.0}% between start and end: treat this run's numbers with care.**",
+                DRIFT_LIMIT * 100.0
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\n### Matrix ({} profile, medians of {} interleaved repetitions)\n",
+            self.profile.name, self.profile.reps
+        );
+        let _ = writeln!(
+            o,
+            "| cell | msgs | MB/s | msg/s | p50 ms | p99 ms | CPU s/GiB flood / sink / total | peak RSS MiB flood / sink | x ceiling |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        for (c, m) in self.cells.iter().zip(&self.medians) {
+            let Some(m) = m else {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | FAILED: {} | | | | | | |",
+                    c.id,
+                    c.messages,
+                    c.error.as_deref().unwrap_or("no sample").replace('|', "/")
+                );
+                continue;
+            };
+            let same_process = c.spec.is_some_and(|s| s.pairing.kind().is_some());
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.1} | {:.0} | {} | {} | {} / {} / {:.2} | {} | {} |",
+                c.id,
+                if c.messages == 0 { "-".to_owned() } else { c.messages.to_string() },
+                m.rate_mb_s,
+                m.msgs_s,
+                f(m.p50_ms, 2),
+                f(m.p99_ms, 2),
+                f(m.cpu_flood_s_gib, 2),
+                f(m.cpu_sink_s_gib, 2),
+                m.cpu_total_s_gib,
+                if same_process {
+                    format!("{} (one process)", f(m.rss_flood_mib, 0))
+                } else {
+                    format!("{} / {}", f(m.rss_flood_mib, 0), f(m.rss_sink_mib, 0))
+                },
+                m.x_ceiling
+                    .map_or_else(|| "-".to_owned(), |x| format!("{x:.3}x {}", m.ceiling_name)),
+            );
+        }
+        if let Some(why) = &self.go_skipped {
+            let _ = writeln!(o, "\nGo pairings skipped: {why}");
+        }
+        if !self.extras.is_empty() {
+            let _ = writeln!(o, "\n### Other rows (medians)\n");
+            let _ = writeln!(o, "| row | value | unit | CPU ms per handshake | x ceiling |");
+            let _ = writeln!(o, "|---|---:|---|---:|---|");
+            let mpsc = self.calibration.iter().find(|c| c.id == "mpsc_msgs").map(CalibRow::ceiling);
+            for e in &self.extras {
+                let v = median(e.values.clone());
+                let x = if e.id.starts_with("router") {
+                    v.zip(mpsc).map_or_else(
+                        || "-".to_owned(),
+                        |(v, m)| format!("{:.2}x mpsc msg/s", v / m),
+                    )
+                } else {
+                    "-".to_owned()
+                };
+                let value = match (&e.error, v) {
+                    (Some(err), _) => format!("FAILED: {}", err.replace('|', "/")),
+                    (None, v) => f(v, 0),
+                };
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} |",
+                    e.what,
+                    value,
+                    e.unit,
+                    f(median(e.cpu_ms.clone()), 2),
+                    x
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "\n### Targets (GROSS = below {:.0}% of the target: fails the run)\n",
+            GROSS_FRACTION * 100.0
+        );
+        let _ = writeln!(o, "| ratio | value | target | status |");
+        let _ = writeln!(o, "|---|---:|---:|---|");
+        for t in &self.targets {
+            let prec = if t.target >= 100.0 { 0 } else { 2 };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                t.what,
+                f(t.value, prec),
+                t.target,
+                t.status.label()
+            );
+        }
+        let _ = writeln!(o, "\nRun took {:.0} s.", self.seconds);
+        o
+    }
+
+    /// The whole `BENCHMARKS.md`: provenance, machine, method notes and [`Run::markdown`].
+    pub(crate) fn benchmarks_md(&self) -> String {
+        let mut o = String::new();
+        let m = &self.machine;
+        let _ = writeln!(o, "# Benchmarks\n");
+        let _ = writeln!(
+            o,
+            "Generated by `p2p-bench` (crate `bench/`); do not edit by hand. Regenerate with\n`cargo run --release -p p2p-bench -- --full --write-benchmarks-md` on an idle machine.\n"
+        );
+        let _ = writeln!(o, "- Command: `{}`", self.command);
+        let _ = writeln!(o, "- Date: {}", date());
+        let _ = writeln!(
+            o,
+            "- CPU: {} ({}; features: {})",
+            m.cpu_model,
+            plural(m.nproc, "CPU"),
+            m.cpu_features.join(", ")
+        );
+        let _ = writeln!(o, "- Memory: {:.1} GiB; kernel {}", m.mem_gib, m.kernel);
+        let (ls, le) = self.load_average_start_end;
+        let _ = writeln!(
+            o,
+            "- Load average (1 min) at start / end: {} / {}",
+            ls.map_or("?".to_owned(), |v| format!("{v:.2}")),
+            le.map_or("?".to_owned(), |v| format!("{v:.2}"))
+        );
+        match (&m.go_version, &m.go_peer_cometbft) {
+            (Some(v), c) => {
+                let _ = writeln!(
+                    o,
+                    "- Go: {v}; Go peer built on CometBFT {}",
+                    c.as_deref().unwrap_or("?")
+                );
+            }
+            (None, _) => {
+                let _ = writeln!(o, "- Go rows: not run");
+            }
+        }
+        let _ = writeln!(o, "\n## Method\n");
+        let _ = writeln!(
+            o,
+            "- Rust <-> Rust cells are **connection level** (each transport's `Connection`: handshake, `send`, `receive`; no router), both ends in one process (so CPU is the total of both ends and RSS is the one process). Payload: 8-byte sequence number, 8-byte send time (us), filler; latency = receive time - send time (same clock).\n\
+             - Go pairings use `interop-tests/gopeer` (CometBFT's `p2p.Switch`, `--unlimited`, 1024-byte packets, 100 ms flush throttle) with mempool-wrapped messages of exactly the cell size on channel 0x77; they carry sequence numbers, not timestamps, so they have no latency figures. CPU per process from getrusage (Go) and CLOCK_PROCESS_CPUTIME_ID (Rust).\n\
+             - send-drain: `msgs` messages from `cc` concurrent senders; MB/s = payload bytes / (first send -> last receive). send-timeframe: senders send for {:.0} s, messages arriving later are in flight and not counted; MB/s = bytes received in time / timeframe. broadcast-drain: one sender, {} receivers (one connection each), every message to every receiver (encoded once), `msgs` per receiver; MB/s and msg/s are the sums over receivers. Receive delay: the receiver sleeps after every message (inline, like comet-p2p's `Receive`); delay cells send a fixed {} messages.\n\
+             - Peak RSS is `VmHWM` from `/proc/<pid>/status`. It is process-wide and monotonic; this process resets it before each cell (`echo 5 > /proc/self/clear_refs`), and Go processes are sampled every 10 ms.\n\
+             - Cells run interleaved (every pairing once per repetition, A B A B); tables show medians. Calibration runs at the start and at the end; a drift above {:.0}% flags the run.\n\
+             - Ceilings: MConn rows vs ring ChaCha20-Poly1305 seal of 1028-byte frames (one core); QUIC vs raw quinn (same TLS/ALPN/windows); memory vs tokio mpsc msg/s.",
+            self.profile.timeframe.as_secs_f64(),
+            self.profile.broadcast_receivers,
+            self.profile.delay_count,
+            DRIFT_LIMIT * 100.0
+        );
+        let _ = writeln!(o, "\n## Results\n");
+        o.push_str(&self.markdown());
+        o
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
+/// `date -u` (RFC 3339), or seconds since the epoch if `date` is missing.
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("{secs} s since the epoch")
+        })
+}
