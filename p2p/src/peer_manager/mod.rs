@@ -55,8 +55,10 @@
 //! addresses from one network fills only its quota ([`AddAddressError::SourceQuota`]). An
 //! address whose dial completed the handshake is *verified*: gossip never adds another address
 //! for that node ID while it is known ([`AddAddressError::Verified`]), and a full address list
-//! never evicts it. Each failed dial of a gossiped address costs its source
-//! [`SOURCE_FAILURE_PENALTY`]. Banned peers are not re-learned while the ban lasts. Sources and
+//! never evicts it. Each dial of a gossiped address that reaches a node whose handshake fails
+//! (another node ID answers, say) costs its source [`SOURCE_FAILURE_PENALTY`]
+//! ([`PeerManager::handshake_failed`]); addresses where nothing answers cost nothing, since
+//! honest address books hold stale entries. Banned peers are not re-learned while the ban lasts. Sources and
 //! verification are persisted.
 //!
 //! **Backoff.** After `k` consecutive failures of an address, it is retried at
@@ -1024,7 +1026,16 @@ impl PeerManager {
         Ok(true)
     }
 
-    /// A gossiped address failed to dial: its source loses [`SOURCE_FAILURE_PENALTY`].
+    /// A dial of `addr` reached a node but the handshake failed (say, another node ID answered):
+    /// if a peer gossiped the address, that source loses [`SOURCE_FAILURE_PENALTY`]. Addresses
+    /// where nothing answers cost their source nothing: address books of honest nodes are full
+    /// of stale entries. Report the dial's outcome as usual besides.
+    pub fn handshake_failed(&mut self, addr: &NodeAddress, now: Timestamp) {
+        self.tick(now);
+        self.blame_source(addr, now);
+    }
+
+    /// Makes the source of a gossiped address lose [`SOURCE_FAILURE_PENALTY`].
     fn blame_source(&mut self, addr: &NodeAddress, now: Timestamp) {
         let half_life = self.half_life();
         let source = (self.peers.get(&addr.node_id()))
@@ -1112,10 +1123,6 @@ impl PeerManager {
         if !matches!(peer.link, Link::Dialing(_)) {
             return;
         }
-        self.blame_source(addr, now);
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
         peer.address_failed(addr, now, &self.config, &mut self.rng);
         self.dirty.insert(id);
     }
@@ -1153,10 +1160,6 @@ impl PeerManager {
             tracing::debug!(%addr, "ignoring failure of a dial that is not in progress");
             return;
         }
-        self.blame_source(addr, now);
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
         peer.link = Link::Idle;
         peer.adjust_score(-DIAL_FAILURE_PENALTY, now, half_life);
         self.dirty.insert(id);

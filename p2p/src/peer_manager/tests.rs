@@ -1082,7 +1082,11 @@ fn failing_gossiped_addresses_cost_their_source() {
     let bad = v4(4, [192, 0, 2, 4], 26656);
     assert_eq!(pm.add_gossiped_address(bad.clone(), id(9), t(0)), Ok(true));
     assert_eq!(pm.dial_next(t(0)), Some(bad.clone()));
+    // Nothing answered: stale addresses are normal, the source keeps its score.
     pm.dial_failed(&bad, t(0));
+    assert!(approx(pm.score(id(9), t(0)).unwrap(), before));
+    // Someone else answered at that address: the source pays.
+    pm.handshake_failed(&bad, t(0));
     let after = pm.score(id(9), t(0)).unwrap();
     assert!(approx(before - after, SOURCE_FAILURE_PENALTY), "{before} -> {after}");
 }

@@ -995,6 +995,9 @@ async fn dial_peer(shared: &Arc<Shared>, primary: NodeAddress) {
     let (winner, failures) = race_connect(shared, primary.clone(), fallbacks).await;
     for (address, error) in &failures {
         shared.bump_protocol(address.protocol(), |c| &c.attempts_failed);
+        if matches!(error, DialError::Handshake { .. }) {
+            shared.with_pm_quiet(|pm, now| pm.handshake_failed(address, now));
+        }
         if winner.is_some() {
             info!(%address, %error, "connection attempt failed; another address is in use");
         }
@@ -1043,7 +1046,10 @@ async fn dial_peer(shared: &Arc<Shared>, primary: NodeAddress) {
             shared.bump_protocol(address.protocol(), |c| &c.attempts_failed);
             let e = DialError::Handshake { endpoint, source };
             info!(error = %e, "dial failed");
-            shared.with_pm(|pm, now| pm.dial_failed(&address, now));
+            shared.with_pm(|pm, now| {
+                pm.handshake_failed(&address, now);
+                pm.dial_failed(&address, now);
+            });
             return;
         }
     };
