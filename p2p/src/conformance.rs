@@ -26,8 +26,9 @@
 //!
 //! Add `p2p = { workspace = true, features = ["conformance"] }` to the transport crate's
 //! `[dev-dependencies]`, implement [`ConformanceHarness`] (a factory of fresh listening
-//! transports) in a test file, and write one `#[tokio::test]` per suite function so that a
-//! failure names the property:
+//! transports) in a test file, and invoke [`conformance_tests!`](crate::conformance_tests) with
+//! it: the macro writes one `#[tokio::test]` per suite function, so that a failure names the
+//! property:
 //!
 //! ```ignore
 //! struct Harness;
@@ -41,10 +42,7 @@
 //!     }
 //! }
 //!
-//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-//! async fn ordered_delivery() -> Result<(), ConformanceError> {
-//!     conformance::ordered_delivery(&Harness).await
-//! }
+//! p2p::conformance_tests!(Harness);
 //! ```
 //!
 //! # Time
@@ -1163,4 +1161,87 @@ impl RouterNode {
         })
         .await?
     }
+}
+
+/// Writes one `#[tokio::test]` per conformance test, each running it with the harness
+/// expression `$harness` (evaluated anew per test). Invoke it at the top level of a test file of
+/// the transport crate (which needs `tokio` with the `macros` and `rt-multi-thread` features):
+/// `p2p::conformance_tests!(Harness);`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn open_accept_order() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::open_accept_order(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn transport_contract() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::transport_contract(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn ordered_delivery() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::ordered_delivery(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn zero_length_and_max_size() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::zero_length_and_max_size(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn oversized_message_rejected() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::oversized_message_rejected(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn close_implies_flush() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::close_implies_flush(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn close_flushes_to_idle_reader() -> Result<(), $crate::conformance::ConformanceError>
+        {
+            $crate::conformance::close_flushes_to_idle_reader(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn backpressure() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::backpressure(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_channels() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::concurrent_channels(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn unknown_channel() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::unknown_channel(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn undeclared_local_channel() -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::undeclared_local_channel(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn handshake_fails_when_acceptor_drops()
+        -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::handshake_fails_when_acceptor_drops(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn handshake_fails_when_dialer_drops()
+        -> Result<(), $crate::conformance::ConformanceError> {
+            $crate::conformance::handshake_fails_when_dialer_drops(&$harness).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn router_rejects_other_network() -> Result<(), $crate::conformance::ConformanceError>
+        {
+            $crate::conformance::router_rejects_other_network(&$harness).await
+        }
+    };
 }
