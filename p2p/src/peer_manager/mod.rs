@@ -484,10 +484,6 @@ struct Addr {
 }
 
 impl Addr {
-    fn new(address: NodeAddress) -> Self {
-        Self::from_source(address, None)
-    }
-
     fn from_source(address: NodeAddress, source: Option<NodeId>) -> Self {
         Self { address, failures: 0, last_failure: None, retry_at: None, source, verified: false }
     }
@@ -912,7 +908,8 @@ impl PeerManager {
         persistent || self.lowest_connected(now).is_some_and(|(_, lowest)| score > lowest)
     }
 
-    /// Adds a peer address learned from the configuration, PEX or an operator.
+    /// Adds a peer address learned from the configuration or an operator (addresses gossiped by
+    /// peers go through [`add_gossiped_address`](Self::add_gossiped_address)).
     ///
     /// Returns `Ok(false)` if the address was already known (or the peer already has
     /// [`MAX_ADDRESSES_PER_PEER`] addresses, none of which has failed).
@@ -922,6 +919,16 @@ impl PeerManager {
         now: Timestamp,
     ) -> Result<bool, AddAddressError> {
         self.tick(now);
+        self.insert_address(addr, None, now)
+    }
+
+    /// Records `addr` (from `source`, if gossiped): the own-ID, ban and store-size rules.
+    fn insert_address(
+        &mut self,
+        addr: NodeAddress,
+        source: Option<NodeId>,
+        now: Timestamp,
+    ) -> Result<bool, AddAddressError> {
         let id = addr.node_id();
         if id == self.self_id {
             return Err(AddAddressError::OwnAddress);
@@ -930,7 +937,7 @@ impl PeerManager {
             if let Some(until) = peer.ban_until(now) {
                 return Err(AddAddressError::Banned { until });
             }
-            let added = peer.add_address(addr, false);
+            let added = peer.add_address_from(addr, source, false);
             if added {
                 self.dirty.insert(id);
             }
@@ -945,7 +952,7 @@ impl PeerManager {
             }
         }
         let mut peer = Peer::new(now);
-        peer.addresses.push(Addr::new(addr));
+        peer.addresses.push(Addr::from_source(addr, source));
         self.peers.insert(id, peer);
         self.dirty.insert(id);
         Ok(true)
@@ -1004,26 +1011,7 @@ impl PeerManager {
                 count: total,
             });
         }
-        if let Some(peer) = self.peers.get_mut(&id) {
-            let added = peer.add_address_from(addr, Some(source), false);
-            if added {
-                self.dirty.insert(id);
-            }
-            return Ok(added);
-        }
-        if self.peers.len() >= self.config.max_peers {
-            match self.prune_candidate(now) {
-                Some((victim, score)) if score < 0.0 => self.forget(victim),
-                _ => {
-                    return Err(AddAddressError::StoreFull { max_peers: self.config.max_peers });
-                }
-            }
-        }
-        let mut peer = Peer::new(now);
-        peer.addresses.push(Addr::from_source(addr, Some(source)));
-        self.peers.insert(id, peer);
-        self.dirty.insert(id);
-        Ok(true)
+        self.insert_address(addr, Some(source), now)
     }
 
     /// A dial of `addr` reached a node but the handshake failed (say, another node ID answered):
