@@ -6,7 +6,8 @@
 //!
 //! The bridge runs one [`Router`] with both an MConn transport and a QUIC transport listening on
 //! the same port number (TCP and UDP), the mempool channel, a consensus height announcer (so Go
-//! gossips mempool transactions to it) and a small mempool relay (`common::run_mempool_relay`).
+//! gossips mempool transactions to it) and the node crate's transaction gossip
+//! (`p2p_node::gossip::TxGossip`).
 //! Go dials the bridge (the bridge is in its `persistent_peers`); the QUIC-only node dials the
 //! bridge at `quic://<bridge id>@127.0.0.1:P`. Transactions go both ways: Go's RPC → QUIC-only
 //! node, and QUIC-only node → Go's mempool (proved by the kvstore committing it).
@@ -20,7 +21,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{RelayStats, SeenTxs, run_mempool_relay};
 use p2p::consensus::{HeightMirror, consensus_state_channel_descriptor, run_height_announcer};
 use p2p::mempool::{DEFAULT_MAX_TX_BYTES, Txs, mempool_channel_descriptor};
 use p2p::{
@@ -28,6 +28,7 @@ use p2p::{
     PeerManagerConfig, PeerStatus, PeerUpdates, Protocol, Router, RouterConfig,
 };
 use p2p_interop_tests::{GoBinary, GoNode, GoNodeConfig, wait_for};
+use p2p_node::gossip::{GossipConfig, TxGossip};
 use p2p_transport_mconn::{MConnConfig, MConnTransport};
 use p2p_transport_quic::{QuicConfig, QuicTransport};
 use serde_json::Value;
@@ -35,8 +36,6 @@ use tokio::runtime::Runtime;
 
 /// Timeout of each step.
 const T: Duration = Duration::from_secs(30);
-/// Transactions the bridge's relay remembers.
-const SEEN_CAPACITY: usize = 1024;
 /// Tries to find a port number free on both TCP and UDP.
 const BIND_ATTEMPTS: usize = 5;
 
@@ -46,7 +45,7 @@ struct Bridge {
     updates: PeerUpdates,
     id: NodeId,
     port: u16,
-    relay: Arc<RelayStats>,
+    relay: TxGossip,
 }
 
 impl Bridge {
@@ -69,13 +68,7 @@ impl Bridge {
         // the height Go announces back to it (as `RustNode` does).
         let consensus = router.open_channel(consensus_state_channel_descriptor()).unwrap();
         tokio::spawn(run_height_announcer(consensus, router.subscribe(), HeightMirror::new()));
-        let relay = Arc::new(RelayStats::default());
-        tokio::spawn(run_mempool_relay(
-            router.clone(),
-            txs,
-            SeenTxs::new(SEEN_CAPACITY),
-            relay.clone(),
-        ));
+        let relay = TxGossip::spawn(txs, GossipConfig::default());
         let updates = router.subscribe();
         router.start().unwrap();
         Self { router, updates, id, port, relay }
@@ -275,7 +268,8 @@ fn go_mconn_bridge_quic_only_node_mempool_both_ways() {
     // The relay saw three txs, each once (Go does not send a tx back to its sender), and
     // forwarded each to exactly one peer.
     wait_for(T, "relay counters (received 3, duplicates 0, forwarded 3, dropped 0)", || {
-        Ok(bridge.relay.snapshot() == (3, 0, 3, 0))
+        let s = bridge.relay.stats();
+        Ok((s.received, s.duplicates, s.sent, s.dropped) == (3, 0, 3, 0))
     })
     .unwrap();
     assert_eq!(go.count_log_matches("Stopping peer for error"), 0, "{}", go.log_tail(40));
@@ -283,26 +277,4 @@ fn go_mconn_bridge_quic_only_node_mempool_both_ways() {
     rt.block_on(async { tokio::join!(quic.router.stop(), bridge.router.stop()) });
     drop(go);
     eprintln!("bridge test took {:?}", started.elapsed());
-}
-
-#[test]
-fn seen_txs_is_bounded_and_forgets_the_oldest() {
-    let mut seen = SeenTxs::new(3);
-    assert!(seen.is_empty());
-    assert!(seen.insert(b"a"));
-    assert!(!seen.insert(b"a"), "a repeat is not new");
-    assert!(seen.insert(b"b"));
-    assert!(seen.insert(b"c"));
-    assert_eq!(seen.len(), 3);
-    assert!(seen.insert(b"d"), "a fourth tx evicts the oldest");
-    assert_eq!(seen.len(), 3);
-    assert!(!seen.contains(b"a"));
-    assert!(seen.contains(b"b") && seen.contains(b"c") && seen.contains(b"d"));
-    assert!(seen.insert(b"a"), "a forgotten tx is new again");
-    assert!(!seen.contains(b"b"));
-    for i in 0..1000u32 {
-        seen.insert(&i.to_be_bytes());
-        assert!(seen.len() <= seen.capacity());
-    }
-    assert_eq!(SeenTxs::new(0).capacity(), 1, "capacity is at least one");
 }
