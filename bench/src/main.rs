@@ -155,6 +155,38 @@ impl Profile {
     }
 }
 
+/// High-priority probe latency on one connection, idle and under saturating bulk traffic on
+/// another channel of the same connection (a QoS row).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct QosSample {
+    /// Probe one-way latency p50 with no bulk traffic, ms.
+    pub(crate) idle_p50_ms: f64,
+    /// Probe one-way latency p99 with no bulk traffic, ms.
+    pub(crate) idle_p99_ms: f64,
+    /// Probe one-way latency p50 while bulk traffic saturates the connection, ms.
+    pub(crate) loaded_p50_ms: f64,
+    /// Probe one-way latency p99 while bulk traffic saturates the connection, ms.
+    pub(crate) loaded_p99_ms: f64,
+    /// Bulk payload rate during the loaded phase, MB/s.
+    pub(crate) bulk_mb_s: f64,
+    /// Probes measured per phase.
+    pub(crate) probes: usize,
+}
+
+/// Resident memory of one process holding `conns` idle, handshaken connections (a
+/// connection-cost row).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct IdleRss {
+    /// Idle connections held.
+    pub(crate) conns: usize,
+    /// RSS (`VmRSS`) of the process before the first connection, MiB.
+    pub(crate) baseline_mib: f64,
+    /// RSS with `conns` connections up and idle, MiB.
+    pub(crate) total_mib: f64,
+    /// `(total - baseline) / conns`, KiB.
+    pub(crate) kib_per_conn: f64,
+}
+
 /// One measurement of one cell.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct Sample {
