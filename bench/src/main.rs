@@ -22,6 +22,7 @@
 mod calib;
 mod go;
 mod report;
+mod rows;
 mod rr;
 #[allow(dead_code, clippy::indexing_slicing)]
 #[path = "../../interop-tests/benches/support/mod.rs"]
@@ -69,6 +70,9 @@ struct Args {
     /// Skip the Go pairings even if the Go peer is built.
     #[arg(long)]
     no_go: bool,
+    /// Internal: run as the listening process of an idle-RSS row (`mconn`, `quic`, `memory`).
+    #[arg(long, hide = true, value_name = "TRANSPORT")]
+    idle_server: Option<String>,
 }
 
 /// What one profile runs.
@@ -98,6 +102,12 @@ pub(crate) struct Profile {
     pub(crate) handshakes: usize,
     /// Messages in the router + memory row.
     pub(crate) router_messages: usize,
+    /// Probes per phase (idle, loaded) of a QoS row.
+    pub(crate) qos_probes: usize,
+    /// Measurement window of each phase (solo, with slow peer) of a slow-receiver row.
+    pub(crate) slow_window: Duration,
+    /// Connection counts of the idle-RSS rows.
+    pub(crate) idle_conns: Vec<usize>,
     /// Calibration pass volumes.
     #[serde(skip)]
     pub(crate) calib: Volumes,
@@ -120,6 +130,9 @@ impl Profile {
             delay_count: 100,
             handshakes: 1000,
             router_messages: 200_000,
+            qos_probes: 300,
+            slow_window: Duration::from_millis(1500),
+            idle_conns: vec![1, 100, 1000],
             calib: Volumes {
                 aead_time: Duration::from_millis(300),
                 tcp_bytes: 1 << 30,
@@ -144,6 +157,9 @@ impl Profile {
             delay_count: 150,
             handshakes: 2000,
             router_messages: 400_000,
+            qos_probes: 1000,
+            slow_window: Duration::from_secs(3),
+            idle_conns: vec![1, 100, 1000],
             calib: Volumes {
                 aead_time: Duration::from_millis(500),
                 tcp_bytes: 1 << 30,
@@ -401,6 +417,10 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    if let Some(kind) = &args.idle_server {
+        rows::idle_server(rows::parse_kind(kind)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut profile = if args.quick { Profile::quick() } else { Profile::full() };
     if let Some(r) = args.reps {
         profile.reps = r.max(1);
@@ -482,6 +502,19 @@ fn run() -> anyhow::Result<ExitCode> {
     })
     .collect();
 
+    // QoS, slow-receiver and idle-connection rows (`rows`).
+    let row_specs: Vec<rows::Row> =
+        rows::rows(&profile).into_iter().filter(|r| selected(only, &r.id)).collect();
+    let mut row_results: Vec<rows::RowResult> = row_specs
+        .iter()
+        .map(|r| rows::RowResult {
+            id: r.id.clone(),
+            what: r.what.clone(),
+            samples: vec![],
+            error: None,
+        })
+        .collect();
+
     let calib_start = calibrate(&rt, &profile, "start")?;
     for rep in 0..profile.reps {
         for cell in &mut cells {
@@ -545,6 +578,18 @@ fn run() -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        for (spec, result) in row_specs.iter().zip(&mut row_results) {
+            match (spec.run)(&rt, &profile) {
+                Ok(m) => {
+                    eprintln!("  rep {} {:<48} {}", rep + 1, spec.id, m.brief());
+                    result.samples.push(m);
+                }
+                Err(e) => {
+                    eprintln!("  rep {} {:<48} FAILED: {e:#}", rep + 1, spec.id);
+                    result.error.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+        }
     }
     let calib_end = calibrate(&rt, &profile, "end")?;
 
@@ -567,6 +612,7 @@ fn run() -> anyhow::Result<ExitCode> {
         &calib_end,
         cells,
         extras,
+        row_results,
         go_status.err().map(|e| format!("{e:#}")),
     );
     let text = run.markdown();

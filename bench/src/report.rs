@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use crate::rows::{Measured, RowResult, SlowSample};
 use crate::sys::Machine;
-use crate::{CellResult, ExtraResult, Pairing, Profile, Sample, TestType, calib};
+use crate::{CellResult, ExtraResult, IdleRss, Pairing, Profile, QosSample, Sample, TestType, calib};
 
 /// A ratio below this fraction of its target is a gross regression: the only outcome that
 /// fails the run (exit status 1). One constant for every target, never tuned per run.
@@ -25,10 +26,18 @@ enum Metric {
     CellOverCalib(Pairing, usize, &'static str),
     /// The median of an extra row, absolute.
     Extra(&'static str),
+    /// A QoS row (by id): `(2 × idle p99 + 1 ms) / loaded p99` (≥ 1: the loaded p99 is
+    /// within twice the idle p99 plus 1 ms).
+    QosBound(&'static str),
+    /// A slow-receiver row (by id): with-slow / solo rate of the fast peer.
+    SlowRatio(&'static str),
+    /// Idle KiB per connection of row `a` (Go) over row `b` (Rust): ≥ 1 when Rust's is at
+    /// most Go's.
+    IdleOver(&'static str, &'static str),
 }
 
 /// The targets of issue 6, all in one place: `(id, description, metric, target)`.
-const TARGETS: [(&str, &str, Metric, f64); 12] = [
+const TARGETS: [(&str, &str, Metric, f64); 16] = [
     (
         "mconn_rr_vs_gg_64k",
         "MConn Rust->Rust / Go->Go, 64 KiB",
@@ -100,6 +109,30 @@ const TARGETS: [(&str, &str, Metric, f64); 12] = [
         "QUIC handshakes/s, 16 in parallel",
         Metric::Extra("handshakes.quic.p16"),
         1000.0,
+    ),
+    (
+        "qos_quic_loaded_p99",
+        "QUIC probe p99 under bulk <= 2x idle p99 + 1 ms: (2 idle p99 + 1) / loaded p99",
+        Metric::QosBound("qos.quic-rr"),
+        1.0,
+    ),
+    (
+        "slow_receiver_mconn",
+        "MConn fast-peer rate beside a slow peer / solo (DropNewest)",
+        Metric::SlowRatio("slow.mconn.drop"),
+        0.9,
+    ),
+    (
+        "slow_receiver_quic",
+        "QUIC fast-peer rate beside a slow peer / solo (DropNewest)",
+        Metric::SlowRatio("slow.quic.drop"),
+        0.9,
+    ),
+    (
+        "idle_kib_mconn_vs_go",
+        "MConn idle KiB/conn, Go / Rust, 1000 connections",
+        Metric::IdleOver("idle-rss.go-mconn.1000", "idle-rss.mconn.1000"),
+        1.0,
     ),
 ];
 
@@ -192,6 +225,10 @@ pub(crate) struct Run {
     cells: Vec<CellResult>,
     medians: Vec<Option<Medians>>,
     extras: Vec<ExtraResult>,
+    /// QoS, slow-receiver and idle-connection rows.
+    rows: Vec<RowResult>,
+    /// The median of each field of each row's samples.
+    row_medians: Vec<Option<Measured>>,
     targets: Vec<TargetResult>,
     go_skipped: Option<String>,
 }
@@ -203,6 +240,47 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     v.collect::<Option<Vec<f64>>>().and_then(median)
+}
+
+/// The median of each field of a row's samples (all of one kind), or `None` without samples.
+fn median_measured(samples: &[Measured]) -> Option<Measured> {
+    let first = samples.first()?;
+    macro_rules! med {
+        ($variant:ident, $field:ident) => {
+            median(
+                samples
+                    .iter()
+                    .filter_map(|m| match m {
+                        Measured::$variant(x) => Some(x.$field as f64),
+                        _ => None,
+                    })
+                    .collect(),
+            )?
+        };
+    }
+    Some(match first {
+        Measured::Qos(q) => Measured::Qos(QosSample {
+            idle_p50_ms: med!(Qos, idle_p50_ms),
+            idle_p99_ms: med!(Qos, idle_p99_ms),
+            loaded_p50_ms: med!(Qos, loaded_p50_ms),
+            loaded_p99_ms: med!(Qos, loaded_p99_ms),
+            bulk_mb_s: med!(Qos, bulk_mb_s),
+            probes: q.probes,
+        }),
+        Measured::Slow(_) => Measured::Slow(SlowSample {
+            solo_mb_s: med!(Slow, solo_mb_s),
+            with_slow_mb_s: med!(Slow, with_slow_mb_s),
+            ratio: med!(Slow, ratio),
+            slow_received: med!(Slow, slow_received) as u64,
+            dropped: med!(Slow, dropped) as u64,
+        }),
+        Measured::Idle(i) => Measured::Idle(IdleRss {
+            conns: i.conns,
+            baseline_mib: med!(Idle, baseline_mib),
+            total_mib: med!(Idle, total_mib),
+            kib_per_conn: med!(Idle, kib_per_conn),
+        }),
+    })
 }
 
 fn column(samples: &[Vec<f64>], i: usize) -> Vec<f64> {
@@ -222,6 +300,7 @@ impl Run {
         calib_end: &[Vec<f64>],
         cells: Vec<CellResult>,
         extras: Vec<ExtraResult>,
+        rows: Vec<RowResult>,
         go_skipped: Option<String>,
     ) -> Self {
         let calibration: Vec<CalibRow> = calib::ROWS
@@ -294,6 +373,13 @@ impl Run {
                 .find(|e| e.id == id && e.error.is_none())
                 .and_then(|e| median(e.values.clone()))
         };
+        let row_medians: Vec<Option<Measured>> = rows
+            .iter()
+            .map(|r| if r.error.is_some() { None } else { median_measured(&r.samples) })
+            .collect();
+        let row = |id: &str| {
+            rows.iter().zip(&row_medians).find(|(r, _)| r.id == id).and_then(|(_, m)| *m)
+        };
         let targets = TARGETS
             .iter()
             .map(|&(id, what, metric, target)| {
@@ -305,6 +391,20 @@ impl Run {
                         cell_rate(a, sa).zip(ceiling(c)).map(|(x, y)| x / y)
                     }
                     Metric::Extra(e) => extra(e),
+                    Metric::QosBound(id) => match row(id) {
+                        Some(Measured::Qos(q)) => Some((2.0 * q.idle_p99_ms + 1.0) / q.loaded_p99_ms),
+                        _ => None,
+                    },
+                    Metric::SlowRatio(id) => match row(id) {
+                        Some(Measured::Slow(s)) => Some(s.ratio),
+                        _ => None,
+                    },
+                    Metric::IdleOver(go, rust) => match (row(go), row(rust)) {
+                        (Some(Measured::Idle(g)), Some(Measured::Idle(r))) => {
+                            Some(g.kib_per_conn / r.kib_per_conn)
+                        }
+                        _ => None,
+                    },
                 }
                 .filter(|v| v.is_finite());
                 let status = match value {
@@ -335,6 +435,8 @@ impl Run {
             cells,
             medians,
             extras,
+            rows,
+            row_medians,
             targets,
             go_skipped,
         }
@@ -346,6 +448,7 @@ impl Run {
             ExitCode::from(1)
         } else if self.cells.iter().any(|c| c.error.is_some())
             || self.extras.iter().any(|e| e.error.is_some())
+            || self.rows.iter().any(|r| r.error.is_some())
         {
             ExitCode::from(2)
         } else {
@@ -461,6 +564,7 @@ impl Run {
                 );
             }
         }
+        self.rows_markdown(&mut o);
         let _ = writeln!(
             o,
             "\n### Targets (GROSS = below {:.0}% of the target: fails the run)\n",
@@ -481,6 +585,90 @@ impl Run {
         }
         let _ = writeln!(o, "\nRun took {:.0} s.", self.seconds);
         o
+    }
+
+    /// The QoS, slow-receiver and idle-connection tables (medians), for the rows that ran.
+    fn rows_markdown(&self, o: &mut String) {
+        let all: Vec<(&RowResult, &Option<Measured>)> =
+            self.rows.iter().zip(&self.row_medians).collect();
+        let failed = |r: &RowResult| {
+            format!("FAILED: {}", r.error.as_deref().unwrap_or("no sample").replace('|', "/"))
+        };
+        let qos: Vec<_> = all.iter().filter(|(r, _)| r.id.starts_with("qos.")).collect();
+        if !qos.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n### QoS through the router: 200 B probes every 5 ms, idle then beside 64 KiB bulk (medians)\n"
+            );
+            let _ = writeln!(
+                o,
+                "| row | probes/phase | idle p50 ms | idle p99 ms | loaded p50 ms | loaded p99 ms | bulk MB/s |"
+            );
+            let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+            for (r, m) in qos {
+                match m {
+                    Some(Measured::Qos(q)) => {
+                        let _ = writeln!(
+                            o,
+                            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+                            r.what,
+                            q.probes,
+                            q.idle_p50_ms,
+                            q.idle_p99_ms,
+                            q.loaded_p50_ms,
+                            q.loaded_p99_ms,
+                            q.bulk_mb_s
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(o, "| {} | {} | | | | | |", r.what, failed(r));
+                    }
+                }
+            }
+        }
+        let slow: Vec<_> = all.iter().filter(|(r, _)| r.id.starts_with("slow.")).collect();
+        if !slow.is_empty() {
+            let _ = writeln!(o, "\n### Slow receiver: fast peer's rate, solo and beside a slow peer (medians)\n");
+            let _ = writeln!(
+                o,
+                "| row | solo MB/s | with slow MB/s | ratio | slow peer got (msgs) | dropped (msgs) |"
+            );
+            let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+            for (r, m) in slow {
+                match m {
+                    Some(Measured::Slow(s)) => {
+                        let _ = writeln!(
+                            o,
+                            "| {} | {:.0} | {:.1} | {:.3} | {} | {} |",
+                            r.what, s.solo_mb_s, s.with_slow_mb_s, s.ratio, s.slow_received, s.dropped
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(o, "| {} | {} | | | | |", r.what, failed(r));
+                    }
+                }
+            }
+        }
+        let idle: Vec<_> = all.iter().filter(|(r, _)| r.id.starts_with("idle-rss.")).collect();
+        if !idle.is_empty() {
+            let _ = writeln!(o, "\n### Idle connections: VmRSS of the process holding them (medians)\n");
+            let _ = writeln!(o, "| row | conns | baseline MiB | total MiB | KiB/conn |");
+            let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+            for (r, m) in idle {
+                match m {
+                    Some(Measured::Idle(i)) => {
+                        let _ = writeln!(
+                            o,
+                            "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                            r.what, i.conns, i.baseline_mib, i.total_mib, i.kib_per_conn
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(o, "| {} | {} | | | |", r.what, failed(r));
+                    }
+                }
+            }
+        }
     }
 
     /// The whole `BENCHMARKS.md`: provenance, machine, method notes and [`Run::markdown`].
