@@ -18,6 +18,12 @@
 //! receive delay and a 5 s timeframe. Go pairings run send-drain at concurrency 1 without
 //! delay only (the Go peer floods from one goroutine and its reactor never sleeps);
 //! broadcast runs at concurrency 1 only, as in CometBFT's matrix.
+//!
+//! Besides the matrix, both profiles run the rows of [`rows`]: QoS through the router (MConn,
+//! QUIC; 300 probes per phase quick, 1000 full), slow receiver (MConn, QUIC; `DropNewest` and
+//! `Wait` policies; 1.5 s windows quick, 3 s full) and idle-connection RSS (MConn, QUIC,
+//! memory at 1, 100 and 1000 connections; the listening side in a child process started with
+//! the hidden `--idle-server <transport>` flag). `--only qos,slow,idle` selects them.
 
 mod calib;
 mod go;

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::rows::{Measured, RowResult, SlowSample};
 use crate::sys::Machine;
-use crate::{CellResult, ExtraResult, IdleRss, Pairing, Profile, QosSample, Sample, TestType, calib};
+use crate::{
+    CellResult, ExtraResult, IdleRss, Pairing, Profile, QosSample, Sample, TestType, calib,
+};
 
 /// A ratio below this fraction of its target is a gross regression: the only outcome that
 /// fails the run (exit status 1). One constant for every target, never tuned per run.
@@ -392,7 +394,9 @@ impl Run {
                     }
                     Metric::Extra(e) => extra(e),
                     Metric::QosBound(id) => match row(id) {
-                        Some(Measured::Qos(q)) => Some((2.0 * q.idle_p99_ms + 1.0) / q.loaded_p99_ms),
+                        Some(Measured::Qos(q)) => {
+                            Some((2.0 * q.idle_p99_ms + 1.0) / q.loaded_p99_ms)
+                        }
                         _ => None,
                     },
                     Metric::SlowRatio(id) => match row(id) {
@@ -628,7 +632,10 @@ impl Run {
         }
         let slow: Vec<_> = all.iter().filter(|(r, _)| r.id.starts_with("slow.")).collect();
         if !slow.is_empty() {
-            let _ = writeln!(o, "\n### Slow receiver: fast peer's rate, solo and beside a slow peer (medians)\n");
+            let _ = writeln!(
+                o,
+                "\n### Slow receiver: fast peer's rate, solo and beside a slow peer (medians)\n"
+            );
             let _ = writeln!(
                 o,
                 "| row | solo MB/s | with slow MB/s | ratio | slow peer got (msgs) | dropped (msgs) |"
@@ -640,7 +647,12 @@ impl Run {
                         let _ = writeln!(
                             o,
                             "| {} | {:.0} | {:.1} | {:.3} | {} | {} |",
-                            r.what, s.solo_mb_s, s.with_slow_mb_s, s.ratio, s.slow_received, s.dropped
+                            r.what,
+                            s.solo_mb_s,
+                            s.with_slow_mb_s,
+                            s.ratio,
+                            s.slow_received,
+                            s.dropped
                         );
                     }
                     _ => {
@@ -651,7 +663,10 @@ impl Run {
         }
         let idle: Vec<_> = all.iter().filter(|(r, _)| r.id.starts_with("idle-rss.")).collect();
         if !idle.is_empty() {
-            let _ = writeln!(o, "\n### Idle connections: VmRSS of the process holding them (medians)\n");
+            let _ = writeln!(
+                o,
+                "\n### Idle connections: VmRSS of the process holding them (medians)\n"
+            );
             let _ = writeln!(o, "| row | conns | baseline MiB | total MiB | KiB/conn |");
             let _ = writeln!(o, "|---|---:|---:|---:|---:|");
             for (r, m) in idle {
@@ -717,11 +732,18 @@ impl Run {
              - send-drain: `msgs` messages from `cc` concurrent senders; MB/s = payload bytes / (first send -> last receive). send-timeframe: senders send for {:.0} s, messages arriving later are in flight and not counted; MB/s = bytes received in time / timeframe. broadcast-drain: one sender, {} receivers (one connection each), every message to every receiver (encoded once), `msgs` per receiver; MB/s and msg/s are the sums over receivers. Receive delay: the receiver sleeps after every message (inline, like comet-p2p's `Receive`); delay cells send a fixed {} messages.\n\
              - Peak RSS is `VmHWM` from `/proc/<pid>/status`. It is process-wide and monotonic; this process resets it before each cell (`echo 5 > /proc/self/clear_refs`), and Go processes are sampled every 10 ms.\n\
              - Cells run interleaved (every pairing once per repetition, A B A B); tables show medians. Calibration runs at the start and at the end; a drift above {:.0}% flags the run.\n\
-             - Ceilings: MConn rows vs ring ChaCha20-Poly1305 seal of 1028-byte frames (one core); QUIC vs raw quinn (same TLS/ALPN/windows); memory vs tokio mpsc msg/s.",
+             - Ceilings: MConn rows vs ring ChaCha20-Poly1305 seal of 1028-byte frames (one core); QUIC vs raw quinn (same TLS/ALPN/windows); memory vs tokio mpsc msg/s.\n\
+             - QoS rows go through two `Router`s (both in this process): a priority-10 probe channel (200 B on the wire, one every 5 ms, send time in the payload; latency = send call -> receiving reactor's `recv`) and a priority-1 bulk channel; {} probes idle, then {} while one task floods 64 KiB bulk messages to the same peer (bulk MB/s over that phase). Target: (2 x idle p99 + 1 ms) / loaded p99 >= 1 for QUIC; MConn is reported only.\n\
+             - Slow-receiver rows: router S broadcasts 64 KiB messages from one reactor task to F (drains at once) and L (its reactor sleeps 20 ms per message); F's rate is measured over {:.1} s with F alone, then over {:.1} s once L's 64-message queue at S is full; ratio = with slow / solo. `drop` = channel policy `DropNewest` (the default: `send` never waits), `wait` = `Wait` (`send` waits for room at every recipient, so one task's stream is paced by the slowest peer).\n\
+             - Idle-RSS rows: a child process (`p2p-bench --idle-server <transport>`) listens and handshakes inbound connections via the transport's `Connection` API and holds them; the bench dials them (16 in parallel; QUIC through one client endpoint) and keeps them idle. VmRSS of the child before the first connection and 0.5 s after it reported all up. Memory transport: both ends of every pair in the child (so KiB/conn covers both ends).",
             self.profile.timeframe.as_secs_f64(),
             self.profile.broadcast_receivers,
             self.profile.delay_count,
-            DRIFT_LIMIT * 100.0
+            DRIFT_LIMIT * 100.0,
+            self.profile.qos_probes,
+            self.profile.qos_probes,
+            self.profile.slow_window.as_secs_f64(),
+            self.profile.slow_window.as_secs_f64(),
         );
         let _ = writeln!(o, "\n## Results\n");
         o.push_str(&self.markdown());

@@ -11,7 +11,10 @@
 //!   drains at once, and L, whose reactor sleeps [`SLOW_DELAY`] per message. F's receive rate
 //!   is measured with F as S's only peer (solo), then with L connected too; value =
 //!   with-slow / solo. `drop` uses the router's default `OverflowPolicy::DropNewest`, `wait`
-//!   uses `OverflowPolicy::Wait` (backpressure).
+//!   uses `OverflowPolicy::Wait` (backpressure). The with-slow window starts once L's queue at
+//!   S is full (the sender checks `Router::connected_peers`); the transport buffers below it
+//!   may still be filling then (MConn's are deeper than QUIC's), so a `wait` row's with-slow
+//!   figure is an upper bound of its steady state.
 //! * **Idle RSS** (`idle-rss.<transport>.<n>`): a separate process (this binary,
 //!   `--idle-server <transport>`) accepts and handshakes `n` connections through the
 //!   transport's `Connection` API and holds them idle; its `VmRSS` is read before the first
@@ -41,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::rr::Kind;
-use crate::{IdleRss, QosSample};
+use crate::{IdleRss, Profile, QosSample};
 
 /// Bound of every wait for an event; only reached on failure.
 const T: Duration = Duration::from_secs(30);
@@ -491,7 +494,7 @@ fn event(v: &serde_json::Value) -> anyhow::Result<()> {
 /// `{"event":"listening","addr":…}`, then handshakes every inbound connection and holds it,
 /// printing `{"event":"accepted","count":n}` after each. Memory: prints
 /// `{"event":"listening"}`, reads `n` from stdin, makes `n` connected, handshaken pairs in
-/// this process and prints the same events. Exits when stdin closes.
+/// this process and prints `{"event":"done","count":n}`. Exits when stdin closes.
 pub(crate) fn idle_server(kind: Kind) -> anyhow::Result<()> {
     raise_nofile(2 * 1000 + FD_MARGIN)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -788,9 +791,11 @@ fn row(
 /// (`crate::go::qos_gogo`, `crate::go::idle_rss`).
 pub(crate) fn rows(p: &Profile) -> Vec<Row> {
     let mut v = vec![
-        row("qos.mconn-rr", "MConn Rust<->Rust, router: 200 B probes beside 64 KiB bulk", |rt, p| {
-            rt.block_on(qos(Kind::MConn, 64 << 10, p.qos_probes)).map(Measured::Qos)
-        }),
+        row(
+            "qos.mconn-rr",
+            "MConn Rust<->Rust, router: 200 B probes beside 64 KiB bulk",
+            |rt, p| rt.block_on(qos(Kind::MConn, 64 << 10, p.qos_probes)).map(Measured::Qos),
+        ),
         row("qos.quic-rr", "QUIC Rust<->Rust, router: 200 B probes beside 64 KiB bulk", |rt, p| {
             rt.block_on(qos(Kind::Quic, 64 << 10, p.qos_probes)).map(Measured::Qos)
         }),
@@ -812,7 +817,9 @@ pub(crate) fn rows(p: &Profile) -> Vec<Row> {
                 kind_name(kind),
                 SLOW_DELAY.as_millis()
             ),
-            move |rt, p| rt.block_on(slow_receiver(kind, policy, p.slow_window)).map(Measured::Slow),
+            move |rt, p| {
+                rt.block_on(slow_receiver(kind, policy, p.slow_window)).map(Measured::Slow)
+            },
         ));
     }
     for &n in &p.idle_conns {
@@ -861,5 +868,3 @@ impl Measured {
         }
     }
 }
-
-use crate::Profile;
