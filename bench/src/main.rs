@@ -21,7 +21,7 @@
 //!
 //! Besides the matrix, both profiles run the rows of [`rows`]: QoS through the router (MConn,
 //! QUIC; 300 probes per phase quick, 1000 full), slow receiver (MConn, QUIC; `DropNewest` and
-//! `Wait` policies; 1.5 s windows quick, 3 s full) and idle-connection RSS (MConn, QUIC,
+//! `Wait` policies; 1 s windows quick, 3 s full) and idle-connection RSS (MConn, QUIC,
 //! memory at 1, 100 and 1000 connections; the listening side in a child process started with
 //! the hidden `--idle-server <transport>` flag). `--only qos,slow,idle` selects them.
 
@@ -137,7 +137,7 @@ impl Profile {
             handshakes: 1000,
             router_messages: 200_000,
             qos_probes: 300,
-            slow_window: Duration::from_millis(1500),
+            slow_window: Duration::from_secs(1),
             idle_conns: vec![1, 100, 1000],
             calib: Volumes {
                 aead_time: Duration::from_millis(300),
@@ -585,9 +585,11 @@ fn run() -> anyhow::Result<ExitCode> {
             }
         }
         for (spec, result) in row_specs.iter().zip(&mut row_results) {
+            let t = Instant::now();
             match (spec.run)(&rt, &profile) {
                 Ok(m) => {
-                    eprintln!("  rep {} {:<48} {}", rep + 1, spec.id, m.brief());
+                    let secs = t.elapsed().as_secs_f64();
+                    eprintln!("  rep {} {:<48} {} ({secs:.1} s)", rep + 1, spec.id, m.brief());
                     result.samples.push(m);
                 }
                 Err(e) => {

@@ -291,8 +291,7 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
         })
     }
     .await;
-    a.router.stop().await;
-    b.router.stop().await;
+    tokio::join!(a.router.stop(), b.router.stop());
     bulk_reactor.abort();
     probe_reactor.abort();
     result
@@ -423,9 +422,7 @@ pub(crate) async fn slow_receiver(
     .await;
     stop.store(true, Ordering::Relaxed);
     let stopped = tokio::time::timeout(T, sender).await;
-    for n in [&s, &f, &l] {
-        n.router.stop().await;
-    }
+    tokio::join!(s.router.stop(), f.router.stop(), l.router.stop());
     f_task.abort();
     l_task.abort();
     let sample = result?;
