@@ -509,8 +509,10 @@ fn run() -> anyhow::Result<ExitCode> {
     .collect();
 
     // QoS, slow-receiver and idle-connection rows (`rows`).
-    let row_specs: Vec<rows::Row> =
-        rows::rows(&profile).into_iter().filter(|r| selected(only, &r.id)).collect();
+    let row_specs: Vec<rows::Row> = rows::rows(&profile, go_status.is_ok())
+        .into_iter()
+        .filter(|r| selected(only, &r.id))
+        .collect();
     let mut row_results: Vec<rows::RowResult> = row_specs
         .iter()
         .map(|r| rows::RowResult {

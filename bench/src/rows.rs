@@ -784,9 +784,11 @@ fn row(
     Row { id: id.into(), what: what.into(), run: Box::new(run) }
 }
 
-/// Every row of this module for profile `p`, in run order. Go rows are one line each here
-/// (`crate::go::qos_gogo`, `crate::go::idle_rss`).
-pub(crate) fn rows(p: &Profile) -> Vec<Row> {
+/// Every row of this module for profile `p`, in run order; rows with a Go end only if `go`
+/// (the Go peer is built). A Go row is one `v.push(row(…))` line in the `if go` blocks (e.g.
+/// `crate::go::qos_gogo(rt, 64 << 10, p.qos_probes).map(Measured::Qos)` as `qos.mconn-gg`,
+/// `crate::go::idle_rss(rt, n).map(Measured::Idle)` as `idle-rss.go-mconn.{n}`).
+pub(crate) fn rows(p: &Profile, go: bool) -> Vec<Row> {
     let mut v = vec![
         row(
             "qos.mconn-rr",
@@ -797,6 +799,9 @@ pub(crate) fn rows(p: &Profile) -> Vec<Row> {
             rt.block_on(qos(Kind::Quic, 64 << 10, p.qos_probes)).map(Measured::Qos)
         }),
     ];
+    if go {
+        // Go QoS row (qos.mconn-gg) goes here.
+    }
     for (kind, policy) in [
         (Kind::MConn, SlowPolicy::Drop),
         (Kind::Quic, SlowPolicy::Drop),
@@ -828,6 +833,9 @@ pub(crate) fn rows(p: &Profile) -> Vec<Row> {
             v.push(row(format!("idle-rss.{}.{n}", kind_name(kind)), what, move |rt, _| {
                 rt.block_on(idle_rss(kind, n)).map(Measured::Idle)
             }));
+        }
+        if go {
+            // Go idle-RSS row (idle-rss.go-mconn.{n}) goes here.
         }
     }
     v
