@@ -283,6 +283,15 @@ async fn slow_peer_update_subscriber_does_not_stall_dials() {
         s.wait_up(&[hub.id], T).await;
     }
     let mut updates = hub.updates;
+    // A spoke sees the hub up a moment before the hub publishes the spoke's `Up`: wait (bounded)
+    // until all 20 were published to this never-read subscription.
+    tokio::time::timeout(T, async {
+        while updates.pending() < 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the hub did not publish 20 peer updates");
     match updates.recv().await {
         Err(PeerUpdatesError::Lagged(n)) => assert!(n >= 16, "missed {n}"),
         other => panic!("expected lag, got {other:?}"),

@@ -8,8 +8,9 @@
 //!   control holds the stream;
 //! * one *accept loop* that accepts the peer's unidirectional streams and watches the control
 //!   stream for the peer's close;
-//! * one *reader* per accepted stream, delivering messages to a bounded queue read by
-//!   [`Connection::receive`] (a full queue stops the readers: backpressure to the peer).
+//! * one *reader* per accepted stream, delivering messages to its channel's bounded queue;
+//!   [`Connection::receive`] takes from the highest-priority channel with a message (a full
+//!   queue stops only its own reader: backpressure to the peer on that stream alone).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -84,9 +85,80 @@ struct Running {
     conn: quinn::Connection,
     priorities: HashMap<u8, u8>,
     writers: Mutex<Writers>,
-    events: tokio::sync::Mutex<mpsc::Receiver<(ChannelId, Bytes)>>,
+    inbound: Arc<Inbound>,
+    /// Serialises [`Connection::receive`] calls.
+    receiving: tokio::sync::Mutex<()>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
     control: tokio::sync::Mutex<Option<SendStream>>,
+}
+
+/// Received messages, one bounded queue per channel (filled by that channel's stream reader),
+/// so a channel whose queue is full stops only its own reader: a flood on a bulk channel never
+/// queues ahead of a vote. [`Connection::receive`] takes from the highest-priority channel that
+/// has a message, round-robin among channels of equal priority.
+struct Inbound {
+    /// Sorted by priority, highest first.
+    queues: Mutex<Vec<InboundQueue>>,
+    /// A reader queued a message, or the accept loop ended.
+    ready: tokio::sync::Notify,
+    /// The accept loop ended: no new streams; the queues drain, then `receive` fails.
+    done: std::sync::atomic::AtomicBool,
+    /// Messages per channel queue.
+    capacity: usize,
+    priorities: HashMap<u8, u8>,
+}
+
+struct InboundQueue {
+    channel: u8,
+    priority: u8,
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Inbound {
+    fn new(capacity: usize, priorities: HashMap<u8, u8>) -> Self {
+        Self {
+            queues: Mutex::new(Vec::new()),
+            ready: tokio::sync::Notify::new(),
+            done: std::sync::atomic::AtomicBool::new(false),
+            capacity: capacity.max(1),
+            priorities,
+        }
+    }
+
+    /// The queue of `channel`'s (only) stream.
+    fn register(&self, channel: u8) -> mpsc::Sender<Bytes> {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        let priority = self.priorities.get(&channel).copied().unwrap_or(0);
+        let mut queues = lock(&self.queues);
+        let at = queues.iter().position(|q| q.priority < priority).unwrap_or(queues.len());
+        queues.insert(at, InboundQueue { channel, priority, rx });
+        tx
+    }
+
+    /// The next message by priority, if any.
+    fn take(&self) -> Option<(ChannelId, Bytes)> {
+        let mut queues = lock(&self.queues);
+        let mut found = None;
+        for (i, q) in queues.iter_mut().enumerate() {
+            if let Ok(message) = q.rx.try_recv() {
+                found = Some((i, q.priority, ChannelId(q.channel), message));
+                break;
+            }
+        }
+        let (i, priority, channel, message) = found?;
+        // Round-robin: the queue served goes last among those of its priority.
+        let end = (queues.iter().skip(i)).take_while(|q| q.priority == priority).count() + i;
+        if let Some(group) = queues.get_mut(i..end) {
+            group.rotate_left(1);
+        }
+        Some((channel, message))
+    }
+
+    /// The accept loop ended.
+    fn finish(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.ready.notify_one();
+    }
 }
 
 enum State {
@@ -392,18 +464,26 @@ impl Connection for QuicConnection {
 
         let limits: Arc<HashMap<u8, usize>> =
             Arc::new(channels.iter().map(|d| (d.id.0, d.max_message_size)).collect());
-        let (events_tx, events_rx) = mpsc::channel(self.config.receive_queue.max(1));
+        let priorities: HashMap<u8, u8> = channels.iter().map(|d| (d.id.0, d.priority)).collect();
+        let inbound = Arc::new(Inbound::new(self.config.receive_queue, priorities.clone()));
         let failure = Arc::new(Mutex::new(None));
-        tokio::spawn(accept_loop(conn.clone(), control_recv, limits, events_tx, failure.clone()));
+        let accept =
+            accept_loop(conn.clone(), control_recv, limits, inbound.clone(), failure.clone());
+        let finished = inbound.clone();
+        tokio::spawn(async move {
+            accept.await;
+            finished.finish();
+        });
         self.state = State::Running(Box::new(Running {
             conn,
-            priorities: channels.iter().map(|d| (d.id.0, d.priority)).collect(),
+            priorities,
             writers: Mutex::new(Writers {
                 closing: false,
                 queues: HashMap::new(),
                 tasks: Vec::new(),
             }),
-            events: tokio::sync::Mutex::new(events_rx),
+            inbound,
+            receiving: tokio::sync::Mutex::new(()),
             failure,
             control: tokio::sync::Mutex::new(Some(control_send)),
         }));
@@ -449,8 +529,24 @@ impl Connection for QuicConnection {
 
     async fn receive(&self) -> Result<(ChannelId, Bytes), ConnectionError> {
         let running = self.running()?;
-        let next = running.events.lock().await.recv().await;
-        next.ok_or_else(|| lock(&running.failure).take().unwrap_or(ConnectionError::Closed))
+        let inbound = &running.inbound;
+        let _one_at_a_time = running.receiving.lock().await;
+        loop {
+            let ready = inbound.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if let Some(message) = inbound.take() {
+                return Ok(message);
+            }
+            if inbound.done.load(std::sync::atomic::Ordering::Acquire) {
+                // Readers are gone once the accept loop ended; what they queued is above.
+                return match inbound.take() {
+                    Some(message) => Ok(message),
+                    None => Err(lock(&running.failure).take().unwrap_or(ConnectionError::Closed)),
+                };
+            }
+            ready.await;
+        }
     }
 
     fn local_endpoint(&self) -> Endpoint {
@@ -588,7 +684,7 @@ async fn accept_loop(
     conn: quinn::Connection,
     mut control: RecvStream,
     limits: Arc<HashMap<u8, usize>>,
-    events: mpsc::Sender<(ChannelId, Bytes)>,
+    inbound: Arc<Inbound>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
 ) {
     let seen = Arc::new(Mutex::new(HashSet::new()));
@@ -599,7 +695,7 @@ async fn accept_loop(
             conn.clone(),
             limits.clone(),
             seen.clone(),
-            events.clone(),
+            inbound.clone(),
             failure.clone(),
         ));
     };
@@ -655,7 +751,7 @@ async fn reader(
     conn: quinn::Connection,
     limits: Arc<HashMap<u8, usize>>,
     seen: Arc<Mutex<HashSet<u8>>>,
-    events: mpsc::Sender<(ChannelId, Bytes)>,
+    inbound: Arc<Inbound>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
 ) {
     let result = async {
@@ -673,6 +769,7 @@ async fn reader(
         if !lock(&seen).insert(ch) {
             return Err(protocol(format!("second stream for channel {channel}")));
         }
+        let queue = inbound.register(ch);
         loop {
             let Some(len) = read_uvarint(&mut stream).await? else { return Ok(()) };
             let len = usize::try_from(len).unwrap_or(usize::MAX);
@@ -683,9 +780,10 @@ async fn reader(
                 ));
             }
             let body = read_body(&mut stream, len).await?;
-            if events.send((channel, Bytes::from(body))).await.is_err() {
+            if queue.send(Bytes::from(body)).await.is_err() {
                 return Ok(());
             }
+            inbound.ready.notify_one();
         }
     }
     .await;

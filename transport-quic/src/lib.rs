@@ -92,7 +92,8 @@ pub struct QuicConfig {
     pub stream_receive_window: u32,
     /// Receive window of the whole connection, in bytes.
     pub receive_window: u32,
-    /// Received messages buffered per connection for [`p2p::Connection::receive`].
+    /// Received messages buffered per channel for [`p2p::Connection::receive`] (each channel
+    /// has its own queue, so a full one stops only that channel's stream).
     pub receive_queue: usize,
     /// Bound of [`p2p::Connection::close`] (flush and wait for the peer's close), kept below the
     /// router's 2 s close timeout.
@@ -106,7 +107,7 @@ impl Default for QuicConfig {
             idle_timeout: Duration::from_secs(30),
             stream_receive_window: 8 << 20,
             receive_window: 16 << 20,
-            receive_queue: 64,
+            receive_queue: 16,
             close_timeout: Duration::from_millis(1500),
         }
     }

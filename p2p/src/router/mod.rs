@@ -203,6 +203,12 @@ impl PeerUpdates {
             Err(broadcast::error::RecvError::Closed) => Err(PeerUpdatesError::Closed),
         }
     }
+
+    /// Updates published since this subscription last received one, including those it will
+    /// miss for lagging behind.
+    pub fn pending(&self) -> usize {
+        self.rx.len()
+    }
 }
 
 /// A connected peer, as reported by [`Router::connected_peers`].
