@@ -229,8 +229,16 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
             .with_queue_capacity(1024, 1024)
             .with_overflow(OverflowPolicy::Wait(T)),
     ];
+    // The receiving node runs on its own runtime (one worker), as it would in its own process:
+    // its tasks do not queue behind the sender's bulk work on the same workers.
+    let rt_b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("qos-receiver")
+        .enable_all()
+        .build()?;
     let mut a = node(kind, "qos-a", &descs).await?;
-    let mut b = node(kind, "qos-b", &descs).await?;
+    let descs_b = descs.clone();
+    let mut b = rt_b.spawn(async move { node(kind, "qos-b", &descs_b).await }).await??;
     connect(&mut a, &mut b).await?;
     let to = b.router.node_id();
     let base = Instant::now();
@@ -239,7 +247,7 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
     // Room for every probe of both phases: the probe reactor never waits on this queue.
     let (lat_tx, mut delivered) = mpsc::channel::<(u64, u64)>(2 * probes);
     let (_, mut probe_rx) = b_probe.split();
-    let probe_reactor = tokio::spawn(async move {
+    let probe_reactor = rt_b.spawn(async move {
         while let Some(env) = probe_rx.recv().await {
             let now = base.elapsed().as_micros() as u64;
             let seq = field(&env.message.0, 0)?;
@@ -250,7 +258,7 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
     });
     let (bulk_bytes, bulk_seen) = watch::channel(0u64);
     let (_, mut bulk_rx) = b_bulk.split();
-    let bulk_reactor = tokio::spawn(async move {
+    let bulk_reactor = rt_b.spawn(async move {
         while let Some(env) = bulk_rx.recv().await {
             let n = env.message.0.len() as u64;
             bulk_bytes.send_modify(|b| *b += n);
@@ -291,9 +299,12 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
         })
     }
     .await;
-    tokio::join!(a.router.stop(), b.router.stop());
+    let b_router = b.router.clone();
+    let b_stop = rt_b.spawn(async move { b_router.stop().await });
+    let (_, _) = tokio::join!(a.router.stop(), b_stop);
     bulk_reactor.abort();
     probe_reactor.abort();
+    rt_b.shutdown_background();
     result
 }
 
