@@ -15,9 +15,10 @@
 //! broadcast-drain (1 sender + 7 receivers) at 1 KiB and 64 KiB, concurrency 1 and 8, no
 //! receive delay, 256 MiB per drain cell, 3 interleaved repetitions (about 3 minutes on 2
 //! cores); `--full` (the default, about 35 minutes) adds 200 B, 8 KiB and 512 KiB, a 20 ms
-//! receive delay and a 5 s timeframe. Go pairings run send-drain at concurrency 1 without
-//! delay only (the Go peer floods from one goroutine and its reactor never sleeps);
-//! broadcast runs at concurrency 1 only, as in CometBFT's matrix.
+//! receive delay and a 5 s timeframe. Go pairings run every cell of the full profile (the
+//! Go peer floods from `cc` goroutines, to 7 peers for broadcast, and sleeps in its reactor
+//! for the delay) but only send-drain without delay in the quick profile; broadcast runs at
+//! concurrency 1 only, as in CometBFT's matrix.
 
 mod calib;
 mod go;
@@ -69,6 +70,11 @@ struct Args {
     /// Skip the Go pairings even if the Go peer is built.
     #[arg(long)]
     no_go: bool,
+    /// Only run the Go QoS row (1 KiB and 64 KiB bulk) and the Go idle-connection row (1, 100
+    /// and 1000 connections) once, print them as JSON and exit (a check until they join the
+    /// report).
+    #[arg(long, hide = true)]
+    go_rows: bool,
 }
 
 /// What one profile runs.
@@ -80,15 +86,15 @@ pub(crate) struct Profile {
     pub(crate) reps: usize,
     /// Message sizes in bytes.
     pub(crate) sizes: Vec<usize>,
-    /// Test types (Go pairings: send-drain only).
+    /// Test types (Go pairings in the quick profile: send-drain only).
     pub(crate) tests: Vec<TestType>,
     /// Length of a send-timeframe cell.
     pub(crate) timeframe: Duration,
     /// Receivers of a broadcast cell (besides the sender).
     pub(crate) broadcast_receivers: usize,
-    /// Sender concurrency values (Rust pairings; broadcast: 1 only).
+    /// Sender concurrency values (broadcast: 1 only).
     pub(crate) concurrency: Vec<usize>,
-    /// Receive delays in ms (Rust pairings).
+    /// Receive delays in ms (Go pairings in the quick profile: none).
     pub(crate) delays_ms: Vec<u64>,
     /// Payload bytes per send-drain cell without delay (count = bytes / size).
     pub(crate) drain_bytes: usize,
@@ -413,6 +419,18 @@ fn run() -> anyhow::Result<ExitCode> {
         eprintln!("Go pairings skipped: {e:#}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if args.go_rows {
+        go_status?;
+        for bulk in [1 << 10, 64 << 10] {
+            let q = go::qos_gogo(&rt, bulk, 200)?;
+            println!("qos.gogo.bulk-{bulk}: {}", serde_json::to_string(&q)?);
+        }
+        for conns in [1, 100, 1000] {
+            let r = go::idle_rss(&rt, conns)?;
+            println!("idle-rss.go.{conns}: {}", serde_json::to_string(&r)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let started = Instant::now();
     let load_start = sys::load_average();
     eprintln!("p2p-bench: {} profile, {} repetition(s)", profile.name, profile.reps);
@@ -424,8 +442,11 @@ fn run() -> anyhow::Result<ExitCode> {
             for &cc in &profile.concurrency {
                 for &delay_ms in &profile.delays_ms {
                     for pairing in Pairing::ALL {
-                        let go_only_drain = test != TestType::Drain || cc != 1 || delay_ms != 0;
-                        if pairing.go().is_some() && (go_only_drain || go_status.is_err()) {
+                        // The quick profile (CI) keeps its Go cells to send-drain without delay,
+                        // which is what the target ratios compare; the rest costs minutes.
+                        let go_skipped = profile.name == "quick"
+                            && (test != TestType::Drain || delay_ms != 0);
+                        if pairing.go().is_some() && (go_skipped || go_status.is_err()) {
                             continue;
                         }
                         if test == TestType::Broadcast && cc != 1 {
@@ -486,20 +507,24 @@ fn run() -> anyhow::Result<ExitCode> {
     for rep in 0..profile.reps {
         for cell in &mut cells {
             let Some(spec) = cell.spec else { continue };
+            let test = match spec.test {
+                TestType::Drain => Test::Drain,
+                TestType::Timeframe => Test::Timeframe(profile.timeframe),
+                TestType::Broadcast => Test::Broadcast(profile.broadcast_receivers),
+            };
+            let delay = Duration::from_millis(spec.delay_ms);
             let result = match (spec.pairing.kind(), spec.pairing.go()) {
                 (Some(kind), _) => rt.block_on(rr::run_cell(
                     kind,
-                    match spec.test {
-                        TestType::Drain => Test::Drain,
-                        TestType::Timeframe => Test::Timeframe(profile.timeframe),
-                        TestType::Broadcast => Test::Broadcast(profile.broadcast_receivers),
-                    },
+                    test,
                     spec.size,
                     spec.cc,
-                    Duration::from_millis(spec.delay_ms),
+                    delay,
                     spec.count,
                 )),
-                (None, Some(g)) => go::send_drain(&rt, g, spec.size, spec.count as u64),
+                (None, Some(g)) => {
+                    go::run_cell(&rt, g, test, spec.size, spec.cc, delay, spec.count as u64)
+                }
                 (None, None) => Err(anyhow::anyhow!("pairing without ends")),
             };
             match result {
