@@ -319,6 +319,7 @@ type reactor struct {
 	peerUp chan p2p.Peer // every added peer (flood, sink), buffered
 	acked  chan struct{} // flood: the acks of all peers arrived
 	acks   atomic.Int64  // flood: acks so far
+	ackers sync.Map      // flood: IDs of the peers that acknowledged (they may hang up)
 	done   chan struct{} // sink: complete, or an error
 	failed chan error    // a peer error before completion (buffered)
 	once   sync.Once     // closes done
@@ -420,6 +421,9 @@ func (r *reactor) RemovePeer(p p2p.Peer, reason interface{}) {
 		return
 	}
 	fmt.Fprintf(os.Stderr, "gopeer: peer down: %s: %v\n", p.ID(), reason)
+	if _, done := r.ackers.Load(p.ID()); done {
+		return // a sink that acknowledged is done and may exit
+	}
 	r.fail(fmt.Errorf("peer %s removed: %v", p.ID(), reason))
 }
 
@@ -446,6 +450,10 @@ func (r *reactor) Receive(e p2p.Envelope) {
 	if r.o.role == "flood" {
 		if e.ChannelID != r.o.channel || !bytes.Equal(tx, ackTx) {
 			r.fail(fmt.Errorf("unexpected message of %d bytes instead of the ack", len(tx)))
+			return
+		}
+		if _, again := r.ackers.LoadOrStore(e.Src.ID(), true); again {
+			r.fail(fmt.Errorf("second ack from peer %s", e.Src.ID()))
 			return
 		}
 		if r.acks.Add(1) == int64(r.o.peers) {
