@@ -85,12 +85,16 @@ fn go_latency(v: &Value) -> Latency {
 /// A cell's parameters as both ends see them.
 #[derive(Debug, Clone, Copy)]
 struct CellSpec {
+    /// What the flood sends.
     flood: FloodSpec,
+    /// What every sink expects.
     sink: SinkSpec,
+    /// Sinks (broadcast: several; one flood sends every message to all).
     receivers: usize,
 }
 
 impl CellSpec {
+    /// The spec of a matrix cell (`count` is per receiver; at least 1).
     fn new(test: Test, size: usize, cc: usize, delay: Duration, count: u64) -> Self {
         let (receivers, duration) = match test {
             Test::Drain => (1, None),
@@ -127,11 +131,14 @@ impl CellSpec {
 
 /// A Go peer and the sampler of its peak RSS.
 struct Go {
+    /// The process.
     peer: GoPeer,
+    /// Its peak-RSS sampler.
     rss: Option<RssSampler>,
 }
 
 impl Go {
+    /// Starts a gopeer and samples its RSS.
     fn start(config: &GoPeerConfig) -> anyhow::Result<Self> {
         let peer = GoPeer::start(config)?;
         let rss = peer.pid().map(RssSampler::start);
@@ -166,12 +173,15 @@ fn median_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
 
 /// What the ends of one cell measured.
 struct Ends {
+    /// The flood's measure (messages per receiver).
     flood: Measure,
+    /// Every sink's report.
     sinks: Vec<SinkReport>,
     /// The sinks' CPU seconds together (the Rust sinks share this process).
     sink_cpu: f64,
     /// Peak RSS of the flood process and the largest of the sink processes', MiB.
     rss: (Option<f64>, Option<f64>),
+    /// Whether this process's peak RSS was reset before the cell.
     rss_reset: bool,
 }
 
@@ -184,7 +194,12 @@ fn sample(spec: &CellSpec, ends: Ends) -> anyhow::Result<Sample> {
     for s in &sinks {
         let m = s.measure;
         if spec.sink.duration.is_some() {
-            ensure!(m.messages <= flood.messages, "flood sent {}, sink counted {}", flood.messages, m.messages);
+            ensure!(
+                m.messages <= flood.messages,
+                "flood sent {}, sink counted {}",
+                flood.messages,
+                m.messages
+            );
         } else {
             ensure!(
                 m.messages == flood.messages,
@@ -328,7 +343,11 @@ pub(crate) fn run_cell(
 /// sends `probes` more (loaded phase); the Go sink reports the probes' one-way latency per
 /// phase and the bulk rate. Both processes are Go, so `_rt` is unused (the signature matches
 /// the Rust rows').
-pub(crate) fn qos_gogo(_rt: &Runtime, bulk_size: usize, probes: usize) -> anyhow::Result<QosSample> {
+pub(crate) fn qos_gogo(
+    _rt: &Runtime,
+    bulk_size: usize,
+    probes: usize,
+) -> anyhow::Result<QosSample> {
     ensure!(probes > 0, "no probes");
     let probe_args = |c: GoPeerConfig| GoPeerConfig {
         size: bulk_size,
@@ -423,10 +442,9 @@ async fn dial_idle(address: &str, conns: usize) -> anyhow::Result<Vec<Box<dyn Co
                     break;
                 }
                 let key = NodeKey::generate();
-                let info = NodeInfo::new(key.node_id(), CHAIN_ID, format!("idle-{i}"), [
-                    support::CHANNEL,
-                ])
-                .with_listen_addr("127.0.0.1:1");
+                let info =
+                    NodeInfo::new(key.node_id(), CHAIN_ID, format!("idle-{i}"), [support::CHANNEL])
+                        .with_listen_addr("127.0.0.1:1");
                 let mut c = transport.dial(&to).await.with_context(|| format!("dial {i}"))?;
                 c.handshake(&info, &key, &support::descriptors())
                     .await
@@ -465,7 +483,10 @@ pub(crate) fn idle_rss(rt: &Runtime, conns: usize) -> anyhow::Result<IdleRss> {
     })?;
     let pid = go.pid().ok_or_else(|| anyhow!("gopeer without a pid"))?;
     let theirs = nofile_limit(pid)?;
-    ensure!(theirs.is_none_or(|l| l >= need), "gopeer's open-file limit {theirs:?} is below {need}");
+    ensure!(
+        theirs.is_none_or(|l| l >= need),
+        "gopeer's open-file limit {theirs:?} is below {need}"
+    );
     let baseline_mib = vm_rss_mib(pid)?;
     let held = rt.block_on(dial_idle(&go.p2p_address(), conns))?;
     ensure!(held.len() == conns, "{} of {conns} connections", held.len());

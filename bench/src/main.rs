@@ -24,7 +24,7 @@ mod calib;
 mod go;
 mod report;
 mod rr;
-#[allow(dead_code, clippy::indexing_slicing)]
+#[allow(clippy::indexing_slicing)]
 #[path = "../../interop-tests/benches/support/mod.rs"]
 mod support;
 mod sys;
@@ -444,8 +444,8 @@ fn run() -> anyhow::Result<ExitCode> {
                     for pairing in Pairing::ALL {
                         // The quick profile (CI) keeps its Go cells to send-drain without delay,
                         // which is what the target ratios compare; the rest costs minutes.
-                        let go_skipped = profile.name == "quick"
-                            && (test != TestType::Drain || delay_ms != 0);
+                        let go_skipped =
+                            profile.name == "quick" && (test != TestType::Drain || delay_ms != 0);
                         if pairing.go().is_some() && (go_skipped || go_status.is_err()) {
                             continue;
                         }
@@ -514,14 +514,9 @@ fn run() -> anyhow::Result<ExitCode> {
             };
             let delay = Duration::from_millis(spec.delay_ms);
             let result = match (spec.pairing.kind(), spec.pairing.go()) {
-                (Some(kind), _) => rt.block_on(rr::run_cell(
-                    kind,
-                    test,
-                    spec.size,
-                    spec.cc,
-                    delay,
-                    spec.count,
-                )),
+                (Some(kind), _) => {
+                    rt.block_on(rr::run_cell(kind, test, spec.size, spec.cc, delay, spec.count))
+                }
                 (None, Some(g)) => {
                     go::run_cell(&rt, g, test, spec.size, spec.cc, delay, spec.count as u64)
                 }

@@ -177,6 +177,7 @@ fn varint_len(mut x: usize) -> usize {
     n
 }
 
+/// Appends `x` as a protobuf varint.
 fn put_varint(out: &mut Vec<u8>, mut x: usize) {
     while x >= 0x80 {
         out.push((x as u8 & 0x7f) | 0x80);
@@ -403,6 +404,7 @@ enum SeqCheck {
 }
 
 impl SeqCheck {
+    /// Accepts `seq` (below `limit`) or says why not.
     fn check(&mut self, seq: u64, limit: u64) -> anyhow::Result<()> {
         match self {
             Self::InOrder(next) => {
@@ -439,7 +441,10 @@ pub(crate) async fn sink(
 
 /// Receives as `spec` says (see the module comment), acknowledges, waits (at most 5 s) for the
 /// flood to hang up and closes the connection.
-pub(crate) async fn sink_with(conn: &dyn Connection, spec: &SinkSpec) -> anyhow::Result<SinkReport> {
+pub(crate) async fn sink_with(
+    conn: &dyn Connection,
+    spec: &SinkSpec,
+) -> anyhow::Result<SinkReport> {
     let tx_len = tx_len_for(spec.size)?;
     let mut check =
         if spec.concurrency <= 1 { SeqCheck::InOrder(0) } else { SeqCheck::Once(Vec::new()) };
