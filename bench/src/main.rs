@@ -201,9 +201,10 @@ pub(crate) struct Sample {
     pub(crate) rate: f64,
     /// Messages per second.
     pub(crate) msgs: f64,
-    /// Median one-way latency, ms (send timestamp in the payload; none for Go cells).
+    /// Median one-way latency, ms (send timestamp in the payload; Go broadcast cells: the
+    /// median of the receivers' medians).
     pub(crate) p50_ms: Option<f64>,
-    /// 99th-percentile latency, ms.
+    /// 99th-percentile latency, ms (Go broadcast cells: the largest receiver's).
     pub(crate) p99_ms: Option<f64>,
     /// CPU s/GiB of the flood process (none when both ends share this process).
     pub(crate) cpu_flood: Option<f64>,
