@@ -796,9 +796,7 @@ fn row(
 }
 
 /// Every row of this module for profile `p`, in run order; rows with a Go end only if `go`
-/// (the Go peer is built). A Go row is one `v.push(row(…))` line in the `if go` blocks (e.g.
-/// `crate::go::qos_gogo(rt, 64 << 10, p.qos_probes).map(Measured::Qos)` as `qos.mconn-gg`,
-/// `crate::go::idle_rss(rt, n).map(Measured::Idle)` as `idle-rss.go-mconn.{n}`).
+/// (the Go peer is built): `qos.mconn-gg` and `idle-rss.go-mconn.<n>` (see [`crate::go`]).
 pub(crate) fn rows(p: &Profile, go: bool) -> Vec<Row> {
     let mut v = vec![
         row(
@@ -811,7 +809,11 @@ pub(crate) fn rows(p: &Profile, go: bool) -> Vec<Row> {
         }),
     ];
     if go {
-        // Go QoS row (qos.mconn-gg) goes here.
+        v.push(row(
+            "qos.mconn-gg",
+            "MConn Go<->Go (gopeer): 200 B probes beside 64 KiB bulk",
+            |rt, p| crate::go::qos_gogo(rt, 64 << 10, p.qos_probes).map(Measured::Qos),
+        ));
     }
     for (kind, policy) in [
         (Kind::MConn, SlowPolicy::Drop),
@@ -846,7 +848,11 @@ pub(crate) fn rows(p: &Profile, go: bool) -> Vec<Row> {
             }));
         }
         if go {
-            // Go idle-RSS row (idle-rss.go-mconn.{n}) goes here.
+            v.push(row(
+                format!("idle-rss.go-mconn.{n}"),
+                format!("Go (gopeer) MConn: {n} idle inbound connections from Rust"),
+                move |rt, _| crate::go::idle_rss(rt, n).map(Measured::Idle),
+            ));
         }
     }
     v

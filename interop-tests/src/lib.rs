@@ -956,7 +956,9 @@ mod go_peer {
     use serde_json::Value;
     use tempfile::NamedTempFile;
 
-    use super::{INSTALL_HINT, START_ATTEMPTS, STARTUP_TIMEOUT, free_port, workspace_root};
+    use super::{
+        INSTALL_HINT, START_ATTEMPTS, STARTUP_TIMEOUT, free_port, go_duration, workspace_root,
+    };
 
     /// Environment variable that overrides the gopeer binary's path.
     const GOPEER_BIN_ENV: &str = "GOPEER_BIN";
@@ -964,13 +966,18 @@ mod go_peer {
     /// Lines of the gopeer's stderr quoted in errors.
     const STDERR_LINES: usize = 30;
 
-    /// What a [`GoPeer`] does with its first peer.
+    /// What a [`GoPeer`] does with its peers.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub enum GoPeerRole {
-        /// Sends `count` messages, then waits for the sink's acknowledgement.
+        /// Sends `count` messages (or for `duration`) to each of its `peers` peers, then waits
+        /// for their acknowledgements.
         Flood,
-        /// Receives and checks `count` messages, acknowledges, flushes and exits.
+        /// Receives and checks `count` messages (or those of `duration`), acknowledges,
+        /// flushes and exits.
         Sink,
+        /// Accepts inbound peers and keeps them idle, printing a `peers` event on every change
+        /// of their number ([`GoPeer::next_event`]); runs until its `timeout`.
+        Idle,
     }
 
     impl GoPeerRole {
@@ -979,6 +986,7 @@ mod go_peer {
             match self {
                 Self::Flood => "flood",
                 Self::Sink => "sink",
+                Self::Idle => "idle",
             }
         }
     }
@@ -998,8 +1006,18 @@ mod go_peer {
         pub count: u64,
         /// `--unlimited`: send and receive rates 1e9 B/s instead of CometBFT's 5 120 000.
         pub unlimited: bool,
-        /// `--dial <id>@host:port`, if any.
+        /// `--dial <id>@host:port`, if any; several comma-separated (a flood with `peers`).
         pub dial: Option<String>,
+        /// `--concurrency`: flood: sending goroutines; sink: the flood's value (1 checks the
+        /// order, more check that every sequence number arrives exactly once).
+        pub concurrency: usize,
+        /// `--recv-delay`: the sink sleeps this long after every counted message.
+        pub recv_delay: Duration,
+        /// `--duration`: send-timeframe mode (both ends): the flood sends for this long, then
+        /// an end marker; the sink counts what arrives within this long of the first message.
+        pub duration: Option<Duration>,
+        /// `--peers`: a flood waits for this many peers and sends every message to all.
+        pub peers: usize,
         /// `--timeout`: the process gives up (with an error result) after this long.
         pub timeout: Duration,
         /// Further arguments, e.g. `["--max-packet-payload", "4096"]`.
@@ -1008,7 +1026,8 @@ mod go_peer {
 
     impl GoPeerConfig {
         /// A configuration with channel 0x77, 1024-byte messages, 1000 of them, rate limits
-        /// off, no dial and a 5-minute timeout.
+        /// off, no dial, concurrency 1, no receive delay, send-drain (no duration), one peer
+        /// and a 5-minute timeout.
         pub fn new(role: GoPeerRole, chain_id: impl Into<String>) -> Self {
             Self {
                 role,
@@ -1018,6 +1037,10 @@ mod go_peer {
                 count: 1000,
                 unlimited: true,
                 dial: None,
+                concurrency: 1,
+                recv_delay: Duration::ZERO,
+                duration: None,
+                peers: 1,
                 timeout: Duration::from_secs(300),
                 extra_args: Vec::new(),
             }
@@ -1127,6 +1150,18 @@ mod go_peer {
             if let Some(dial) = &config.dial {
                 cmd.arg("--dial").arg(dial);
             }
+            if config.concurrency != 1 {
+                cmd.arg("--concurrency").arg(config.concurrency.to_string());
+            }
+            if !config.recv_delay.is_zero() {
+                cmd.arg("--recv-delay").arg(go_duration(config.recv_delay));
+            }
+            if let Some(d) = config.duration {
+                cmd.arg("--duration").arg(go_duration(d));
+            }
+            if config.peers != 1 {
+                cmd.arg("--peers").arg(config.peers.to_string());
+            }
             cmd.args(&config.extra_args);
             let mut child = cmd
                 .stdin(Stdio::null())
@@ -1225,16 +1260,27 @@ mod go_peer {
             Ok(result)
         }
 
-        /// The next JSON line whose `event` is `event`; other lines are skipped.
-        fn next_event(&mut self, event: &str, timeout: Duration) -> anyhow::Result<Value> {
+        /// The next JSON line whose `event` is `event` (e.g. `peers` of the idle role), within
+        /// `timeout`; other lines are skipped, a `result` line first is an error.
+        pub fn next_event(&mut self, event: &str, timeout: Duration) -> anyhow::Result<Value> {
+            match self.try_next_event(event, timeout)? {
+                Some(value) => Ok(value),
+                None => bail!("no gopeer {event} line within {timeout:?}\n{}", self.stderr_tail()),
+            }
+        }
+
+        /// As [`GoPeer::next_event`], but `None` if no such line came within `timeout`.
+        pub fn try_next_event(
+            &mut self,
+            event: &str,
+            timeout: Duration,
+        ) -> anyhow::Result<Option<Value>> {
             let deadline = Instant::now() + timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let line = match self.lines.recv_timeout(left) {
                     Ok(line) => line,
-                    Err(RecvTimeoutError::Timeout) => {
-                        bail!("no gopeer {event} line within {timeout:?}\n{}", self.stderr_tail())
-                    }
+                    Err(RecvTimeoutError::Timeout) => return Ok(None),
                     Err(RecvTimeoutError::Disconnected) => {
                         let status = self.child.as_mut().and_then(|c| c.wait().ok());
                         self.child = None;
@@ -1248,7 +1294,7 @@ mod go_peer {
                 let value: Value = serde_json::from_str(&line)
                     .with_context(|| format!("gopeer printed a non-JSON line: {line}"))?;
                 match value.get("event").and_then(Value::as_str) {
-                    Some(e) if e == event => return Ok(value),
+                    Some(e) if e == event => return Ok(Some(value)),
                     Some("result") => {
                         bail!(
                             "gopeer result before its {event} line: {line}\n{}",

@@ -1,20 +1,23 @@
 //! Our Go peer (`interop-tests/gopeer`, CometBFT v0.38.25's `p2p` package) against the Rust MConn
 //! transport: 1000 multi-packet messages (3000 bytes, three 1024-byte packets each) in each
-//! direction arrive complete and in order, and the Go side reports no error.
+//! direction arrive complete and in order, and the Go side reports no error; with several
+//! senders every message arrives exactly once; a Go flood broadcasts to several Rust sinks; a
+//! send-timeframe exchange ends with the end marker; both sinks report latency.
 //!
 //! Needs `interop-tests/scripts/install-go-nodes.sh` (a missing gopeer binary fails the test).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[allow(dead_code, unreachable_pub)]
+#[allow(unreachable_pub)]
 #[path = "../benches/support/mod.rs"]
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use p2p_interop_tests::{GoPeer, GoPeerConfig, GoPeerRole};
 use serde_json::Value;
-use support::RustPeer;
+use support::{FloodSpec, RustPeer, SinkSpec};
 use tokio::runtime::Runtime;
 
 const CHAIN_ID: &str = "gopeer-test";
@@ -108,4 +111,117 @@ fn go_sink_rejects_a_wrong_chain_id() {
     // Either side may notice first: we check the network after the handshake, Go closes.
     let msg = format!("{err:#}");
     assert!(msg.contains("network") || msg.contains("closed") || msg.contains("reset"), "{msg}");
+}
+
+#[test]
+fn rust_floods_go_from_four_tasks_each_message_once_with_latency() {
+    let rt = runtime();
+    // The Go sink checks that every sequence number below COUNT arrives exactly once.
+    let mut go = GoPeer::start(&GoPeerConfig {
+        size: SIZE,
+        count: COUNT,
+        concurrency: 4,
+        timeout: TIMEOUT,
+        ..GoPeerConfig::new(GoPeerRole::Sink, CHAIN_ID)
+    })
+    .unwrap();
+    let rust = rt.block_on(RustPeer::listen(CHAIN_ID, "rust-flood")).unwrap();
+    let spec =
+        FloodSpec { size: SIZE, count: COUNT, concurrency: 4, duration: None, timeout: TIMEOUT };
+    let measure = rt
+        .block_on(async {
+            let conn: Arc<dyn p2p::Connection> = Arc::from(rust.dial(&go.p2p_address()).await?);
+            let m = support::flood_to(std::slice::from_ref(&conn), &spec).await;
+            conn.close().await;
+            m
+        })
+        .unwrap();
+    assert_eq!(measure.messages, COUNT);
+    let result = go.wait_result(TIMEOUT).unwrap();
+    assert_go_clean(&go, &result, &rust.node_id().to_string());
+    let (p50, p99) = (result["p50_ms"].as_f64().unwrap(), result["p99_ms"].as_f64().unwrap());
+    assert!(0.0 <= p50 && p50 <= p99, "{result}");
+}
+
+#[test]
+fn go_broadcasts_to_three_rust_sinks_from_two_goroutines() {
+    let rt = runtime();
+    let sinks: Vec<RustPeer> =
+        (0..3).map(|_| rt.block_on(RustPeer::listen(CHAIN_ID, "rust-sink")).unwrap()).collect();
+    let dial = sinks.iter().map(RustPeer::address).collect::<Vec<_>>().join(",");
+    let mut go = GoPeer::start(&GoPeerConfig {
+        size: SIZE,
+        count: COUNT,
+        concurrency: 2,
+        peers: 3,
+        dial: Some(dial),
+        timeout: TIMEOUT,
+        ..GoPeerConfig::new(GoPeerRole::Flood, CHAIN_ID)
+    })
+    .unwrap();
+    let spec = SinkSpec {
+        size: SIZE,
+        count: COUNT,
+        concurrency: 2,
+        delay: Duration::ZERO,
+        duration: None,
+        timeout: TIMEOUT,
+    };
+    let reports = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for p in sinks {
+            set.spawn(async move {
+                let c = p.accept().await?;
+                support::sink_with(c.as_ref(), &spec).await
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = set.join_next().await {
+            all.push(r.unwrap().unwrap());
+        }
+        all
+    });
+    assert_eq!(reports.len(), 3);
+    for r in &reports {
+        assert_eq!(r.measure.messages, COUNT);
+        assert!(r.latency.p50_ms.unwrap() <= r.latency.p99_ms.unwrap());
+    }
+    let result = go.wait_result(TIMEOUT).unwrap();
+    assert_eq!(result["messages"].as_u64(), Some(COUNT), "{result}");
+    assert_eq!(result["peers"].as_u64(), Some(3), "{result}");
+}
+
+#[test]
+fn go_floods_rust_for_a_timeframe_then_ends() {
+    let rt = runtime();
+    let duration = Duration::from_millis(500);
+    let rust = rt.block_on(RustPeer::listen(CHAIN_ID, "rust-sink")).unwrap();
+    let mut go = GoPeer::start(&GoPeerConfig {
+        size: SIZE,
+        duration: Some(duration),
+        dial: Some(rust.address()),
+        timeout: TIMEOUT,
+        ..GoPeerConfig::new(GoPeerRole::Flood, CHAIN_ID)
+    })
+    .unwrap();
+    let spec = SinkSpec {
+        size: SIZE,
+        count: 0,
+        concurrency: 1,
+        delay: Duration::from_millis(1),
+        duration: Some(duration),
+        timeout: TIMEOUT,
+    };
+    // The sink returns only after the end marker (and acknowledges it).
+    let report = rt
+        .block_on(async {
+            let conn = rust.accept().await?;
+            support::sink_with(conn.as_ref(), &spec).await
+        })
+        .unwrap();
+    let result = go.wait_result(TIMEOUT).unwrap();
+    let sent = result["messages"].as_u64().unwrap();
+    assert!(report.measure.messages > 0 && report.measure.messages <= sent, "{result}");
+    assert_eq!(report.measure.seconds, duration.as_secs_f64());
+    assert!(report.latency.p99_ms.is_some());
 }

@@ -2,13 +2,22 @@
 //! [`Connection`] API (handshake, then `send` / `receive`; no router). Shared by the
 //! `mconn_matrix` bench and the `gopeer` test.
 //!
-//! Protocol (see `gopeer/main.go`): every message is a `tendermint.mempool.Message{Txs{[tx]}}`
-//! of exactly `size` bytes on [`CHANNEL`]; the tx starts with an 8-byte big-endian sequence
-//! number 0, 1, 2, … The sink checks size and order and, after the last message, sends one
-//! message with the single tx `ack`; the flood stops when that arrives.
+//! Protocol (see `gopeer/main.go`'s header comment): every message is a
+//! `tendermint.mempool.Message{Txs{[tx]}}` of exactly `size` bytes on [`CHANNEL`]; the tx
+//! starts with an 8-byte big-endian sequence number and an 8-byte big-endian send time (Unix
+//! nanoseconds, CLOCK_REALTIME). Send-drain: the sink checks size and order (concurrency 1) or
+//! that every sequence number arrives exactly once (more senders) and, after the last message,
+//! sends one message with the single tx `ack`; the flood stops when that arrives.
+//! Send-timeframe: the flood sends for a duration, then the tx `end`; the sink counts what
+//! arrives within the duration of the first message and acknowledges the `end`. The sink
+//! reports one-way latency quantiles of the counted messages.
+
+// Each user (the bench runner, the `mconn_matrix` bench, the `gopeer` test) needs a part.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use bytes::{Bytes, BytesMut};
@@ -24,8 +33,10 @@ pub(crate) const CHANNEL: ChannelId = ChannelId(0x77);
 pub(crate) const MAX_MESSAGE_SIZE: usize = 2 << 20;
 /// The acknowledgement's only transaction.
 pub(crate) const ACK_TX: &[u8] = b"ack";
-/// Length of the sequence number at the start of every flooded transaction.
-const SEQ_LEN: usize = 8;
+/// The end marker's only transaction (send-timeframe: nothing more follows).
+pub(crate) const END_TX: &[u8] = b"end";
+/// Length of the sequence number and send time at the start of every flooded transaction.
+const HEADER_LEN: usize = 16;
 
 /// Our channel descriptors: [`CHANNEL`] with the gopeer's priority (5) and message limit.
 pub(crate) fn descriptors() -> [ChannelDescriptor; 1] {
@@ -36,6 +47,32 @@ pub(crate) fn descriptors() -> [ChannelDescriptor; 1] {
 pub(crate) fn cpu_seconds() -> f64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// Now as Unix nanoseconds (CLOCK_REALTIME), the payload's send-time clock.
+pub(crate) fn unix_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One-way latency quantiles, ms (nearest rank).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Latency {
+    /// Median.
+    pub(crate) p50_ms: Option<f64>,
+    /// 99th percentile.
+    pub(crate) p99_ms: Option<f64>,
+}
+
+impl Latency {
+    /// The quantiles of latencies in ns (sorted here).
+    pub(crate) fn of(mut nanos: Vec<u64>) -> Self {
+        nanos.sort_unstable();
+        let q = |q: f64| {
+            let rank = ((nanos.len() as f64 * q).ceil() as usize).saturating_sub(1);
+            nanos.get(rank).map(|ns| *ns as f64 / 1e6)
+        };
+        Self { p50_ms: q(0.50), p99_ms: q(0.99) }
+    }
 }
 
 /// What one end measured.
@@ -140,6 +177,7 @@ fn varint_len(mut x: usize) -> usize {
     n
 }
 
+/// Appends `x` as a protobuf varint.
 fn put_varint(out: &mut Vec<u8>, mut x: usize) {
     while x >= 0x80 {
         out.push((x as u8 & 0x7f) | 0x80);
@@ -158,12 +196,13 @@ fn wrapped_len(tx_len: usize) -> usize {
 pub(crate) fn tx_len_for(size: usize) -> anyhow::Result<usize> {
     (size.saturating_sub(12)..=size.saturating_sub(2))
         .rev()
-        .find(|&l| l >= SEQ_LEN && wrapped_len(l) == size)
+        .find(|&l| l > HEADER_LEN && wrapped_len(l) == size)
         .ok_or_else(|| anyhow!("no tx length wraps to exactly {size} bytes"))
 }
 
 /// Builds the flood's messages: a template of `size` bytes, copied per message with the
-/// sequence number patched in (one allocation and copy per message, as Go's marshalling).
+/// sequence number and send time patched in (one allocation and copy per message, as Go's
+/// marshalling).
 #[derive(Debug)]
 pub(crate) struct Messages {
     template: Vec<u8>,
@@ -171,6 +210,7 @@ pub(crate) struct Messages {
 }
 
 impl Messages {
+    /// The template for messages of exactly `size` encoded bytes.
     pub(crate) fn new(size: usize) -> anyhow::Result<Self> {
         let tx_len = tx_len_for(size)?;
         let mut template = Vec::with_capacity(size);
@@ -184,9 +224,11 @@ impl Messages {
         Ok(Self { template, seq_at })
     }
 
+    /// Message `seq`, stamped with the current time.
     pub(crate) fn get(&self, seq: u64) -> Bytes {
         let mut b = BytesMut::from(&self.template[..]);
-        b[self.seq_at..self.seq_at + SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
+        b[self.seq_at..self.seq_at + 8].copy_from_slice(&seq.to_be_bytes());
+        b[self.seq_at + 8..self.seq_at + HEADER_LEN].copy_from_slice(&unix_nanos().to_be_bytes());
         b.freeze()
     }
 }
@@ -199,12 +241,61 @@ fn decode_txs(bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
     }
 }
 
-fn ack_message() -> Bytes {
-    Message { sum: Some(Sum::Txs(Txs { txs: vec![ACK_TX.to_vec()] })) }.encode_to_vec().into()
+/// A message with the single transaction `tx` (the ack or the end marker).
+fn control_message(tx: &[u8]) -> Bytes {
+    Message { sum: Some(Sum::Txs(Txs { txs: vec![tx.to_vec()] })) }.encode_to_vec().into()
 }
 
-/// Sends `count` messages of `size` bytes, then waits (at most `timeout` in all) for the
-/// acknowledgement.
+/// What a flood sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FloodSpec {
+    /// Encoded message size.
+    pub(crate) size: usize,
+    /// Messages per connection (send-drain; ignored with `duration`).
+    pub(crate) count: u64,
+    /// Sending tasks (task j sends sequence numbers j, j + n, …).
+    pub(crate) concurrency: usize,
+    /// Send-timeframe: send for this long, then the end marker.
+    pub(crate) duration: Option<Duration>,
+    /// Limit of the whole exchange, acknowledgements included.
+    pub(crate) timeout: Duration,
+}
+
+/// Sends sequence numbers `first`, `first + step`, … below `limit` to every connection of
+/// `conns` (each message to all), stopping before a send at or after `stop`; returns how many
+/// it sent (per connection).
+async fn send_seqs(
+    conns: &[&dyn Connection],
+    messages: &Messages,
+    (first, step, limit): (u64, u64, u64),
+    stop: Option<Instant>,
+) -> anyhow::Result<u64> {
+    let mut sent = 0;
+    let mut seq = first;
+    while seq < limit && stop.is_none_or(|s| Instant::now() < s) {
+        let m = messages.get(seq);
+        for c in conns {
+            c.send(CHANNEL, m.clone()).await.with_context(|| format!("sending message {seq}"))?;
+        }
+        sent += 1;
+        seq = seq.saturating_add(step);
+    }
+    Ok(sent)
+}
+
+/// Waits for the acknowledgement on every connection of `conns`, in turn.
+async fn await_acks(conns: &[&dyn Connection]) -> anyhow::Result<()> {
+    for (i, c) in conns.iter().enumerate() {
+        let (channel, bytes) = c.receive().await.with_context(|| format!("ack of peer {i}"))?;
+        ensure!(channel == CHANNEL, "message on unexpected channel {channel:?}");
+        let txs = decode_txs(&bytes)?;
+        ensure!(txs == [ACK_TX], "expected the ack, got {} txs", txs.len());
+    }
+    Ok(())
+}
+
+/// Sends `count` messages of `size` bytes from one task, then waits (at most `timeout` in
+/// all) for the acknowledgement.
 pub(crate) async fn flood(
     conn: &dyn Connection,
     size: usize,
@@ -212,22 +303,13 @@ pub(crate) async fn flood(
     timeout: Duration,
 ) -> anyhow::Result<Measure> {
     let messages = Messages::new(size)?;
-    let deadline = tokio::time::Instant::now() + timeout;
     let start = Instant::now();
     let cpu = cpu_seconds();
     let run = async {
-        for seq in 0..count {
-            conn.send(CHANNEL, messages.get(seq))
-                .await
-                .with_context(|| format!("sending message {seq} of {count}"))?;
-        }
-        let (channel, bytes) = conn.receive().await.context("waiting for the ack")?;
-        ensure!(channel == CHANNEL, "message on unexpected channel {channel:?}");
-        let txs = decode_txs(&bytes)?;
-        ensure!(txs == [ACK_TX], "expected the ack, got {} txs", txs.len());
-        anyhow::Ok(())
+        send_seqs(&[conn], &messages, (0, 1, count), None).await?;
+        await_acks(&[conn]).await
     };
-    tokio::time::timeout_at(deadline, run)
+    tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| anyhow!("flood of {count} messages not acknowledged within {timeout:?}"))??;
     Ok(Measure {
@@ -238,6 +320,112 @@ pub(crate) async fn flood(
     })
 }
 
+/// Floods every connection of `conns` as `spec` says (every message to all of them, from
+/// `spec.concurrency` tasks), then sends the end marker (send-timeframe) and waits for every
+/// acknowledgement. `messages` in the result is per connection.
+pub(crate) async fn flood_to(
+    conns: &[Arc<dyn Connection>],
+    spec: &FloodSpec,
+) -> anyhow::Result<Measure> {
+    let messages = Arc::new(Messages::new(spec.size)?);
+    let start = Instant::now();
+    let cpu = cpu_seconds();
+    let stop = spec.duration.map(|d| start + d);
+    let limit = if spec.duration.is_some() { u64::MAX } else { spec.count };
+    let step = spec.concurrency.max(1) as u64;
+    let run = async {
+        let mut senders = tokio::task::JoinSet::new();
+        for j in 0..step {
+            let (conns, messages) = (conns.to_vec(), messages.clone());
+            senders.spawn(async move {
+                let refs: Vec<&dyn Connection> = conns.iter().map(AsRef::as_ref).collect();
+                send_seqs(&refs, &messages, (j, step, limit), stop).await
+            });
+        }
+        let mut sent = 0;
+        while let Some(r) = senders.join_next().await {
+            sent += r.context("sender task")??;
+        }
+        let refs: Vec<&dyn Connection> = conns.iter().map(AsRef::as_ref).collect();
+        if spec.duration.is_some() {
+            for c in &refs {
+                c.send(CHANNEL, control_message(END_TX)).await.context("sending the end")?;
+            }
+        }
+        await_acks(&refs).await?;
+        anyhow::Ok(sent)
+    };
+    let sent = tokio::time::timeout(spec.timeout, run)
+        .await
+        .map_err(|_| anyhow!("flood not acknowledged within {:?}", spec.timeout))??;
+    Ok(Measure {
+        messages: sent,
+        bytes: sent * spec.size as u64,
+        seconds: start.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds() - cpu,
+    })
+}
+
+/// What a sink expects.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SinkSpec {
+    /// Encoded message size.
+    pub(crate) size: usize,
+    /// Messages to expect (send-drain; ignored with `duration`).
+    pub(crate) count: u64,
+    /// The flood's concurrency: 1 checks the order, more that every number arrives once.
+    pub(crate) concurrency: usize,
+    /// Sleep after every counted message.
+    pub(crate) delay: Duration,
+    /// Send-timeframe: count what arrives within this long of the first message, then wait
+    /// for the end marker.
+    pub(crate) duration: Option<Duration>,
+    /// Limit of the whole exchange.
+    pub(crate) timeout: Duration,
+}
+
+/// What a sink measured: the counted messages (send-timeframe: `seconds` is the duration) and
+/// their latency.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SinkReport {
+    /// Counted messages, bytes, seconds, CPU.
+    pub(crate) measure: Measure,
+    /// One-way latency of the counted messages.
+    pub(crate) latency: Latency,
+}
+
+/// The sink's sequence-number check: in order, or each number once (a growable bitset).
+#[derive(Debug)]
+enum SeqCheck {
+    /// The next expected number.
+    InOrder(u64),
+    /// The numbers seen so far.
+    Once(Vec<u64>),
+}
+
+impl SeqCheck {
+    /// Accepts `seq` (below `limit`) or says why not.
+    fn check(&mut self, seq: u64, limit: u64) -> anyhow::Result<()> {
+        match self {
+            Self::InOrder(next) => {
+                ensure!(seq == *next, "sequence number {seq}, expected {next} (lost or reordered)");
+                *next += 1;
+            }
+            Self::Once(bits) => {
+                ensure!(seq < limit, "sequence number {seq} out of range");
+                let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+                if bits.len() <= word {
+                    bits.resize(word + 1, 0);
+                }
+                let w = bits.get_mut(word).ok_or_else(|| anyhow!("bitset"))?;
+                ensure!(*w & bit == 0, "sequence number {seq} arrived twice");
+                *w |= bit;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Receives `count` messages of `size` bytes (checking size and sequence), acknowledges, waits
 /// (at most 5 s) for the flood to hang up and closes the connection.
 pub(crate) async fn sink(
@@ -246,42 +434,76 @@ pub(crate) async fn sink(
     count: u64,
     timeout: Duration,
 ) -> anyhow::Result<Measure> {
-    let tx_len = tx_len_for(size)?;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let spec =
+        SinkSpec { size, count, concurrency: 1, delay: Duration::ZERO, duration: None, timeout };
+    Ok(sink_with(conn, &spec).await?.measure)
+}
+
+/// Receives as `spec` says (see the module comment), acknowledges, waits (at most 5 s) for the
+/// flood to hang up and closes the connection.
+pub(crate) async fn sink_with(
+    conn: &dyn Connection,
+    spec: &SinkSpec,
+) -> anyhow::Result<SinkReport> {
+    let tx_len = tx_len_for(spec.size)?;
+    let mut check =
+        if spec.concurrency <= 1 { SeqCheck::InOrder(0) } else { SeqCheck::Once(Vec::new()) };
+    // Sequence numbers of a timeframe are unbounded; this only guards the bitset's size.
+    let limit = spec.duration.map_or(spec.count, |_| 1 << 40);
     let mut got = 0u64;
     let mut first = None;
+    let mut last = None;
+    let mut latencies = Vec::with_capacity(spec.count.min(1 << 20) as usize);
     let run = async {
-        while got < count {
-            let (channel, bytes) = conn
-                .receive()
-                .await
-                .with_context(|| format!("receiving message {got} of {count}"))?;
-            if first.is_none() {
-                first = Some((Instant::now(), cpu_seconds()));
+        loop {
+            if spec.duration.is_none() && got == spec.count {
+                break;
             }
+            let (channel, bytes) =
+                conn.receive().await.with_context(|| format!("receiving after {got} messages"))?;
+            let now = Instant::now();
+            let nanos = unix_nanos();
             ensure!(channel == CHANNEL, "message on unexpected channel {channel:?}");
-            ensure!(bytes.len() == size, "message {got}: {} bytes, expected {size}", bytes.len());
-            for tx in decode_txs(&bytes)? {
-                ensure!(tx.len() == tx_len, "message {got}: tx of {} bytes", tx.len());
-                let seq = u64::from_be_bytes(tx[..SEQ_LEN].try_into()?);
-                ensure!(seq == got, "message {got}: sequence number {seq} (lost or reordered)");
-                got += 1;
+            let txs = decode_txs(&bytes)?;
+            if spec.duration.is_some() && txs == [END_TX] {
+                break;
+            }
+            ensure!(bytes.len() == spec.size, "{} bytes, expected {}", bytes.len(), spec.size);
+            let [tx] = txs.as_slice() else { bail!("{} txs in one message", txs.len()) };
+            ensure!(tx.len() == tx_len, "tx of {} bytes", tx.len());
+            let seq = u64::from_be_bytes(tx[..8].try_into()?);
+            let sent = u64::from_be_bytes(tx[8..HEADER_LEN].try_into()?);
+            check.check(seq, limit).with_context(|| format!("after {got} messages"))?;
+            let (start, _) = *first.get_or_insert_with(|| (now, cpu_seconds()));
+            if spec.duration.is_some_and(|d| now - start > d) {
+                continue; // in flight after the window: not counted, not delayed
+            }
+            got += 1;
+            latencies.push(nanos.saturating_sub(sent));
+            last = Some((now, cpu_seconds()));
+            if !spec.delay.is_zero() {
+                tokio::time::sleep(spec.delay).await;
             }
         }
-        anyhow::Ok((Instant::now(), cpu_seconds()))
+        anyhow::Ok(())
     };
-    let (end, end_cpu) = tokio::time::timeout_at(deadline, run)
+    tokio::time::timeout(spec.timeout, run)
         .await
-        .map_err(|_| anyhow!("only {got} of {count} messages within {timeout:?}"))??;
-    conn.send(CHANNEL, ack_message()).await.context("sending the ack")?;
+        .map_err(|_| anyhow!("only {got} messages within {:?}", spec.timeout))??;
+    conn.send(CHANNEL, control_message(ACK_TX)).await.context("sending the ack")?;
     // The flood hangs up when the ack arrives; closing first would make its end log our EOF.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.receive()).await;
     conn.close().await;
-    let (start, cpu) = first.ok_or_else(|| anyhow!("no message"))?;
-    Ok(Measure {
-        messages: got,
-        bytes: got * size as u64,
-        seconds: (end - start).as_secs_f64(),
-        cpu_seconds: end_cpu - cpu,
+    let ((start, cpu), (end, end_cpu)) =
+        first.zip(last).ok_or_else(|| anyhow!("no message counted"))?;
+    let seconds = spec.duration.map_or_else(|| (end - start).as_secs_f64(), |d| d.as_secs_f64());
+    Ok(SinkReport {
+        measure: Measure {
+            messages: got,
+            bytes: got * spec.size as u64,
+            seconds,
+            cpu_seconds: end_cpu - cpu,
+        },
+        latency: Latency::of(latencies),
     })
 }
