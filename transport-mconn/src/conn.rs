@@ -4,9 +4,9 @@
 //!
 //! The driver task serves, in one `select!` loop: outbound commands from [`Connection::send`],
 //! socket reads (decrypt frames → packets → messages), socket writes (packets → frames), the
-//! MConnection timers (our pings, the pong deadline) and delivery of received messages, in
-//! bounded batches, to [`Connection::receive`]. When the reader falls behind (a slow reactor),
-//! the driver stops reading the socket — TCP backpressure to the peer.
+//! MConnection timers (our pings, the pong deadline) and delivery of received messages to a
+//! bounded queue read by [`Connection::receive`]. When that queue is full (a slow reactor), the
+//! driver stops reading the socket — TCP backpressure to the peer.
 //!
 //! Liveness: the pong deadline runs only while both directions flow. It pauses while our reactor
 //! is slow (we are not reading, so we cannot see the pong) and while our output is stuck (the
@@ -17,7 +17,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,38 +57,9 @@ enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// Received messages handed from the driver to [`Connection::receive`] in one go, so that the
-/// reader is woken once per batch rather than once per message (and the driver once per batch
-/// taken, not once per message freed), which matters when the two run on different threads.
-type Batch = VecDeque<(ChannelId, Bytes)>;
-
-/// The reader's side of the received messages.
-struct Inbox {
-    /// Batches from the driver; at most one waits here.
-    batches: mpsc::Receiver<Batch>,
-    /// The batch `receive` is taking messages from.
-    current: Batch,
-}
-
-impl Inbox {
-    /// The next message; `Ready(None)` once the driver has ended and everything is taken.
-    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<(ChannelId, Bytes)>> {
-        loop {
-            if let Some(m) = self.current.pop_front() {
-                return Poll::Ready(Some(m));
-            }
-            match self.batches.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => self.current = batch,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
 struct Running {
     commands: mpsc::Sender<Command>,
-    events: Mutex<Inbox>,
+    events: Mutex<mpsc::Receiver<(ChannelId, Bytes)>>,
     /// Why the driver ended, handed to the first `receive` after the end.
     failure: Arc<Mutex<Option<ConnectionError>>>,
     /// The channels declared at the handshake (bit per channel ID); MConnection cannot send
@@ -295,10 +265,7 @@ impl Connection for MConnConnection {
                 .map_err(|e| HandshakeError::Connection(mconn_error(e)))?;
         }
         let (commands_tx, commands_rx) = mpsc::channel(self.config.command_queue.max(1));
-        // One batch waits in the channel, the reader works through another and the driver
-        // fills a third: with batches of half the receive queue, about `receive_queue` messages
-        // are decoded ahead of the reader before the driver stops reading.
-        let (events_tx, events_rx) = mpsc::channel(1);
+        let (events_tx, events_rx) = mpsc::channel(self.config.receive_queue.max(1));
         let failure = Arc::new(Mutex::new(None));
         let (reader, writer) = stream.into_split();
         let driver = Driver {
@@ -309,7 +276,6 @@ impl Connection for MConnConnection {
             writer,
             commands: commands_rx,
             events: events_tx,
-            batch_max: self.config.receive_queue.div_ceil(2).max(1),
             cipher_in: cipher_buf,
             failure: failure.clone(),
             send_limit: self.config.send_rate.map(|r| RateLimiter::new(r, Instant::now())),
@@ -329,7 +295,7 @@ impl Connection for MConnConnection {
             channels.iter().map(|d| (d.id, Arc::new(Semaphore::new(per_channel)))).collect();
         self.state = State::Running(Running {
             commands: commands_tx,
-            events: Mutex::new(Inbox { batches: events_rx, current: Batch::new() }),
+            events: Mutex::new(events_rx),
             failure,
             channels: declared,
             admission,
@@ -357,7 +323,7 @@ impl Connection for MConnConnection {
     async fn receive(&self) -> Result<(ChannelId, Bytes), ConnectionError> {
         let running = self.running()?;
         let next = std::future::poll_fn(|cx| {
-            running.events.lock().unwrap_or_else(PoisonError::into_inner).poll_next(cx)
+            running.events.lock().unwrap_or_else(PoisonError::into_inner).poll_recv(cx)
         })
         .await;
         next.ok_or_else(|| take_failure(&running.failure))
@@ -404,9 +370,7 @@ struct Driver {
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
     commands: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Batch>,
-    /// Most messages per batch handed to the reader.
-    batch_max: usize,
+    events: mpsc::Sender<(ChannelId, Bytes)>,
     cipher_in: Vec<u8>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
     send_limit: Option<RateLimiter>,
@@ -519,12 +483,8 @@ impl Driver {
         // Spare room offered to each read: doubles while reads fill it, up to READ_CHUNK.
         let mut read_room = IDLE_BUFFER;
         let mut written = 0usize;
-        // Received messages not yet handed to the reader (the previous batch is still waiting
-        // for it); reading pauses while this batch is full.
-        let mut outbox = Batch::new();
-        // Set when the socket read side ended (EOF or error): nothing more is read, and the
-        // driver ends once every message received before is handed to the reader.
-        let mut read_end: Option<ConnectionError> = None;
+        // A received message waiting for room in the events queue (reading is paused meanwhile).
+        let mut undelivered: Option<(ChannelId, Bytes)> = None;
         // Per channel, messages waiting for room in the channel's MConnection send queue (at
         // most `command_queue` each: the admission permits bound them).
         let mut waiting: Vec<(u8, VecDeque<(Bytes, OwnedSemaphorePermit)>)> = Vec::new();
@@ -545,33 +505,20 @@ impl Driver {
 
         loop {
             let now = Instant::now();
-            // Hand received messages to the reader, a batch at a time: the reader is woken
-            // once per batch, and we are woken once per batch it takes.
-            loop {
-                while outbox.len() < self.batch_max
-                    && let Some(Event::Message { channel, data }) = self.mconn.poll_event()
-                {
-                    outbox.push_back((ChannelId(channel), data));
-                }
-                if outbox.is_empty() {
-                    break;
-                }
-                match self.events.try_send(std::mem::take(&mut outbox)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(batch)) => {
-                        outbox = batch;
-                        break;
+            // Deliver received messages until the queue is full.
+            if undelivered.is_none() {
+                while let Some(Event::Message { channel, data }) = self.mconn.poll_event() {
+                    match self.events.try_send((ChannelId(channel), data)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(m)) => {
+                            undelivered = Some(m);
+                            break;
+                        }
+                        // Nobody reads any more: discard.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
-                    // Nobody reads any more: discard.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
-            if outbox.is_empty()
-                && let Some(e) = read_end.take()
-            {
-                return Ended::Failed(e);
-            }
-            let inbox_full = outbox.len() >= self.batch_max;
             // Move waiting messages into the MConnection as their channels get room.
             for (ch, queue) in &mut waiting {
                 while self.mconn.can_queue(*ch)
@@ -626,7 +573,7 @@ impl Driver {
                     self.write_stall_timeout
                 )));
             }
-            let want_pause = inbox_full || output_pending;
+            let want_pause = undelivered.is_some() || output_pending;
             if want_pause != paused {
                 if want_pause {
                     self.mconn.pause_reading(now.into_std());
@@ -657,7 +604,7 @@ impl Driver {
             // Read straight into the ciphertext buffer (no intermediate copy).
             self.cipher_in.reserve(read_room);
             let recv_blocked = blocked_until(&mut self.recv_limit, now);
-            let reading = !inbox_full && recv_blocked.is_none() && read_end.is_none();
+            let reading = undelivered.is_none() && recv_blocked.is_none();
             let timeout = [
                 self.mconn.poll_timeout().map(Instant::from_std),
                 stalled_since.map(|t| t + self.write_stall_timeout),
@@ -730,15 +677,9 @@ impl Driver {
                 }
                 r = self.reader.read_buf(&mut self.cipher_in), if reading => {
                     let n = match r {
-                        Ok(0) => {
-                            read_end = Some(ConnectionError::Closed);
-                            continue;
-                        }
+                        Ok(0) => return Ended::Failed(ConnectionError::Closed),
                         Ok(n) => n,
-                        Err(e) => {
-                            read_end = Some(e.into());
-                            continue;
-                        }
+                        Err(e) => return Ended::Failed(e.into()),
                     };
                     trace!(bytes = n, "read");
                     read_room = if n >= read_room { (read_room * 2).min(READ_CHUNK) } else { IDLE_BUFFER.max(read_room / 2) };
@@ -750,11 +691,11 @@ impl Driver {
                         return Ended::Failed(e);
                     }
                 }
-                permit = self.events.reserve(), if !outbox.is_empty() => {
-                    match permit {
-                        Ok(permit) => permit.send(std::mem::take(&mut outbox)),
-                        // Nobody reads any more: discard.
-                        Err(_) => outbox.clear(),
+                permit = self.events.reserve(), if undelivered.is_some() => {
+                    if let (Ok(permit), Some(m)) = (permit, undelivered.take()) {
+                        permit.send(m);
+                    } else {
+                        undelivered = None;
                     }
                 }
                 () = tokio::time::sleep_until(timeout) => {

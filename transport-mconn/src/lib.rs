@@ -39,9 +39,8 @@ pub struct MConnConfig {
     /// channel, messages waiting while the channel's send queue is full (a full channel makes
     /// only its own senders wait). Default 32.
     pub command_queue: usize,
-    /// Received messages decoded ahead of the router's reader (about this many); beyond that
-    /// the driver stops reading the socket (backpressure). They are handed over in batches of
-    /// up to half this number, so the reader is woken once per batch. Default 64.
+    /// Received messages waiting for the router's reader; when full the driver stops reading the
+    /// socket (backpressure). Default 64.
     pub receive_queue: usize,
     /// Outbound bytes per second on this connection (token bucket, 100 ms burst); `None`
     /// (default) is unlimited. Only delays sending; never drops or disconnects.
