@@ -419,15 +419,20 @@ async fn run_node(
         tokio::spawn(async move {
             // Every change of the external addresses (a future address advertiser reads the
             // same watch through `Node::upnp`).
+            let mut last = Vec::new();
             while status.changed().await.is_ok() {
                 let now = status.borrow_and_update().clone();
                 let addresses = p2p_node::upnp_node_addresses(id, &now);
+                if addresses == last {
+                    continue;
+                }
                 for address in &addresses {
                     info!(%address, "reachable through UPnP");
                 }
                 if addresses.is_empty() {
                     info!("no UPnP external address");
                 }
+                last = addresses;
             }
         })
     });

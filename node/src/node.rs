@@ -441,7 +441,7 @@ pub fn upnp_node_addresses(id: NodeId, status: &p2p::upnp::UpnpStatus) -> Vec<No
 fn start_upnp(
     config: &p2p::upnp::UpnpConfig,
     addresses: &[NodeAddress],
-) -> Result<Option<p2p::upnp::Upnp>, NodeError> {
+) -> Result<Option<p2p::upnp::Upnp>, p2p::upnp::UpnpError> {
     use p2p::upnp::PortRequest;
     let mut ports = Vec::new();
     let mut config = config.clone();
@@ -468,5 +468,5 @@ fn start_upnp(
         );
         return Ok(None);
     }
-    Ok(Some(p2p::upnp::Upnp::spawn(config, &ports)?))
+    p2p::upnp::Upnp::spawn(config, &ports).map(Some)
 }
