@@ -412,7 +412,35 @@ async fn run_node(
     if let Some(addr) = node.metrics_addr() {
         info!(%addr, "serving metrics at /metrics");
     }
+    #[cfg(feature = "upnp")]
+    let upnp_log = node.upnp().map(|mut status| {
+        info!("UPnP on: looking for the gateway");
+        let id = node.id();
+        tokio::spawn(async move {
+            // Every change of the external addresses (a future address advertiser reads the
+            // same watch through `Node::upnp`).
+            let mut last = Vec::new();
+            while status.changed().await.is_ok() {
+                let now = status.borrow_and_update().clone();
+                let addresses = p2p_node::upnp_node_addresses(id, &now);
+                if addresses == last {
+                    continue;
+                }
+                for address in &addresses {
+                    info!(%address, "reachable through UPnP");
+                }
+                if addresses.is_empty() {
+                    info!("no UPnP external address");
+                }
+                last = addresses;
+            }
+        })
+    });
     let signal = signals.recv().await;
+    #[cfg(feature = "upnp")]
+    if let Some(task) = upnp_log {
+        task.abort();
+    }
     info!(signal, "shutting down: closing connections and writing the peer store");
     let stop = node.stop();
     tokio::pin!(stop);

@@ -21,6 +21,7 @@
 //! | `p2p.laddr` (`tcp://host:port`) | [`NodeOptions::mconn_listen`] (feature `mconn`) |
 //! | `p2p.quic_laddr` (`udp://host:port`) | [`NodeOptions::quic_listen`] (feature `quic`) |
 //! | `p2p.external_address` | [`NodeOptions::external_address`] |
+//! | `p2p.upnp` (default `false`) | `NodeOptions::upnp` (feature `upnp`): see [`Node::upnp`](crate::Node) |
 //! | `p2p.persistent_peers` | [`PeerManagerConfig::persistent_peers`] and [`NodeOptions::peers`] |
 //! | `p2p.seeds` | [`NodeOptions::peers`] |
 //! | `p2p.max_num_inbound_peers` + `max_num_outbound_peers` | [`PeerManagerConfig::max_connected`] |
@@ -119,6 +120,9 @@ pub struct P2pConfig {
     /// Peers to stay connected to, comma-separated: `id@host:port` (MConn), or
     /// `mconn://`, `quic://` URLs.
     pub persistent_peers: String,
+    /// Map the listening ports on the LAN's UPnP gateway (CometBFT's `upnp`, default off).
+    /// Needs the `upnp` cargo feature.
+    pub upnp: bool,
     /// Peers this node never reports or penalises (CometBFT: `unconditional_peer_ids`).
     pub unconditional_peer_ids: String,
     /// Maximum inbound peers.
@@ -153,6 +157,7 @@ impl Default for P2pConfig {
             external_address: String::new(),
             seeds: String::new(),
             persistent_peers: String::new(),
+            upnp: false,
             unconditional_peer_ids: String::new(),
             max_num_inbound_peers: 40,
             max_num_outbound_peers: 10,
@@ -569,6 +574,19 @@ impl Config {
         {
             let _ = quic_listen;
         }
+        if self.p2p.upnp {
+            #[cfg(feature = "upnp")]
+            {
+                options.upnp = Some(p2p::upnp::UpnpConfig::default());
+            }
+            #[cfg(not(feature = "upnp"))]
+            return Err(ConfigError::MissingFeature {
+                file: self.file_path(),
+                key: "p2p.upnp".to_owned(),
+                value: "true".to_owned(),
+                feature: "upnp",
+            });
+        }
         options.external_address = self.external_address()?.map(|(host, port)| match host {
             Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
             host => format!("{host}:{port}"),
@@ -876,6 +894,12 @@ fn key_comment(key: &str) -> Option<&'static str> {
         "p2p.persistent_peers" => {
             "Peers to stay connected to, comma-separated: id@host:port (MConnection),\n\
              mconn://id@host:port or quic://id@host:port."
+        }
+        "p2p.upnp" => {
+            "Map the listening ports (TCP for MConnection, UDP for QUIC) on the LAN's UPnP\n\
+             gateway, renew the leases, remove the mappings on stop, and log the external\n\
+             addresses. Needs the `upnp` cargo feature. external_address, if set, is still what\n\
+             the node advertises."
         }
         "p2p.unconditional_peer_ids" => "Comma-separated node IDs (checked; not used yet).",
         "p2p.max_num_inbound_peers" => "Maximum number of inbound peers.",

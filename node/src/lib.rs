@@ -6,6 +6,8 @@
 //!   makes Go CometBFT peers gossip their transactions to us.
 //! * [`config`]: `config.toml` with CometBFT's key names.
 //! * [`metrics`]: the Prometheus endpoint.
+//! * UPnP (feature `upnp`, on by default; off at run time unless `p2p.upnp = true` or
+//!   [`NodeOptions::upnp`]): maps the listening ports on the LAN's gateway (`p2p::upnp`).
 //! * The `p2pd` binary: `init`, `show-node-id`, `show-node-address`, `start`, `testnet`.
 //!
 //! # A node in a few lines
@@ -54,4 +56,6 @@ pub mod metrics;
 mod node;
 pub mod testnet;
 
+#[cfg(feature = "upnp")]
+pub use node::upnp_node_addresses;
 pub use node::{Node, NodeError, NodeOptions};

@@ -60,6 +60,10 @@ pub struct NodeOptions {
     pub max_tx_bytes: usize,
     /// Serve Prometheus metrics.
     pub metrics: Option<MetricsOptions>,
+    /// Map the MConn (TCP) and QUIC (UDP) listening ports on the LAN's UPnP gateway; `None`
+    /// (the default): off. See [`Node::upnp`].
+    #[cfg(feature = "upnp")]
+    pub upnp: Option<p2p::upnp::UpnpConfig>,
 }
 
 impl NodeOptions {
@@ -88,6 +92,8 @@ impl NodeOptions {
             gossip: Some(GossipConfig::default()),
             max_tx_bytes: p2p::mempool::DEFAULT_MAX_TX_BYTES,
             metrics: None,
+            #[cfg(feature = "upnp")]
+            upnp: None,
         }
     }
 
@@ -115,6 +121,13 @@ impl NodeOptions {
     #[cfg(feature = "memory")]
     pub fn with_memory(mut self, network: p2p_transport_memory::MemoryNetwork) -> Self {
         self.memory = Some(network);
+        self
+    }
+
+    /// Maps the listening ports on the LAN's UPnP gateway with `config`.
+    #[cfg(feature = "upnp")]
+    pub fn with_upnp(mut self, config: p2p::upnp::UpnpConfig) -> Self {
+        self.upnp = Some(config);
         self
     }
 
@@ -162,6 +175,10 @@ pub enum NodeError {
         /// Why.
         source: p2p::peer_manager::AddAddressError,
     },
+    /// The UPnP mapper refused its settings.
+    #[cfg(feature = "upnp")]
+    #[error("UPnP: {0}")]
+    Upnp(#[from] p2p::upnp::UpnpError),
     /// The metrics endpoint could not be served.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -180,6 +197,8 @@ pub struct Node {
     gossip: Option<TxGossip>,
     addresses: Vec<NodeAddress>,
     metrics: Option<MetricsServer>,
+    #[cfg(feature = "upnp")]
+    upnp: Option<p2p::upnp::Upnp>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -315,8 +334,22 @@ impl Node {
                 .add_address(peer.clone())
                 .map_err(|source| NodeError::Peer { address: peer.clone(), source })?;
         }
+        // After the listeners are bound: their ports are known.
+        #[cfg(feature = "upnp")]
+        let upnp = match &options.upnp {
+            Some(config) => start_upnp(config, &addresses)?,
+            None => None,
+        };
         tracing::info!(node = %id, addresses = ?addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), "node started");
-        Ok(Self { router, gossip, addresses, metrics, tasks })
+        Ok(Self {
+            router,
+            gossip,
+            addresses,
+            metrics,
+            #[cfg(feature = "upnp")]
+            upnp,
+            tasks,
+        })
     }
 
     /// The node's ID.
@@ -345,8 +378,36 @@ impl Node {
         self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
-    /// Stops gracefully: closes connections after flushing their queues, writes the peer store.
+    /// The UPnP mapper's status (gateway, external IP, port mappings), if UPnP is on: a
+    /// [`watch`](tokio::sync::watch) receiver that sees every change, for address
+    /// advertisement to read.
+    ///
+    /// How it relates to [`NodeOptions::external_address`] (`p2p.external_address`): that one
+    /// is the operator's word and is what NodeInfo advertises; UPnP does not change it. UPnP's
+    /// addresses are the node's own finding, confirmed by the gateway, for an advertiser to use
+    /// when no external address is configured (address advertisement is not built yet).
+    #[cfg(feature = "upnp")]
+    pub fn upnp(&self) -> Option<tokio::sync::watch::Receiver<p2p::upnp::UpnpStatus>> {
+        self.upnp.as_ref().map(p2p::upnp::Upnp::subscribe)
+    }
+
+    /// The addresses peers on the Internet can dial now through the UPnP mappings
+    /// (`mconn://id@external-ip:port`, `quic://...`); empty if UPnP is off or has none yet.
+    #[cfg(feature = "upnp")]
+    pub fn upnp_addresses(&self) -> Vec<NodeAddress> {
+        match &self.upnp {
+            Some(upnp) => upnp_node_addresses(self.id(), &upnp.status()),
+            None => Vec::new(),
+        }
+    }
+
+    /// Stops gracefully: removes the UPnP mappings, closes connections after flushing their
+    /// queues, writes the peer store.
     pub async fn stop(self) {
+        #[cfg(feature = "upnp")]
+        if let Some(upnp) = self.upnp {
+            upnp.stop().await;
+        }
         if let Some(m) = self.metrics {
             m.stop().await;
         }
@@ -360,4 +421,52 @@ impl Node {
 #[cfg(any(feature = "mconn", feature = "quic"))]
 fn socket_address(protocol: Protocol, id: NodeId, addr: SocketAddr) -> NodeAddress {
     NodeAddress::new_host(protocol, id, p2p::Host::Ip(addr.ip()), addr.port())
+}
+
+/// The NodeAddresses of a UPnP status's mappings.
+#[cfg(feature = "upnp")]
+pub fn upnp_node_addresses(id: NodeId, status: &p2p::upnp::UpnpStatus) -> Vec<NodeAddress> {
+    status
+        .mappings
+        .iter()
+        .map(|m| {
+            let ip = p2p::Host::Ip(m.external.ip());
+            NodeAddress::new_host(m.protocol.protocol(), id, ip, m.external.port())
+        })
+        .collect()
+}
+
+/// Starts the UPnP mapper for the socket listeners in `addresses` (loopback ones excepted).
+#[cfg(feature = "upnp")]
+fn start_upnp(
+    config: &p2p::upnp::UpnpConfig,
+    addresses: &[NodeAddress],
+) -> Result<Option<p2p::upnp::Upnp>, p2p::upnp::UpnpError> {
+    use p2p::upnp::PortRequest;
+    let mut ports = Vec::new();
+    let mut config = config.clone();
+    for address in addresses {
+        let Some((host, port)) = address.host_port() else { continue };
+        if let p2p::Host::Ip(ip) = host {
+            if ip.is_loopback() {
+                continue;
+            }
+            // A listener bound to one address: the gateway forwards to that one.
+            if !ip.is_unspecified() && config.local_ip.is_none() {
+                config.local_ip = Some(*ip);
+            }
+        }
+        if *address.protocol() == Protocol::MCONN {
+            ports.push(PortRequest::mconn(port));
+        } else if *address.protocol() == Protocol::QUIC {
+            ports.push(PortRequest::quic(port));
+        }
+    }
+    if ports.is_empty() {
+        tracing::warn!(
+            "UPnP is on but no TCP or UDP listener is bound to a LAN address: nothing to map"
+        );
+        return Ok(None);
+    }
+    p2p::upnp::Upnp::spawn(config, &ports).map(Some)
 }

@@ -6,6 +6,8 @@
 //! * [`Transport`] / [`Connection`]: what a transport crate implements (`mconn`, `quic`, `memory`).
 //! * [`Router`]: owns the connections, runs the dial/accept/evict loops and moves messages between
 //!   reactor [`Channel`]s and peers through bounded per-peer priority queues.
+//! * `upnp` (feature `upnp`, off by default): UPnP IGD port mapping of the listening ports,
+//!   publishing the external addresses.
 //! * [`PeerManager`]: a synchronous state machine (no I/O, time passed in) that decides whom to
 //!   dial, accept and evict, keeps scores and bans, and is persisted in a [`PeerStore`].
 //!
@@ -28,6 +30,8 @@ pub mod pex;
 pub mod router;
 pub mod transport;
 pub mod types;
+#[cfg(feature = "upnp")]
+pub mod upnp;
 
 pub use address::{
     Endpoint, EndpointAddr, Host, NodeAddress, ParseAddressError, Protocol, ResolveError,
