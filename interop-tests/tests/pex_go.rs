@@ -89,7 +89,7 @@ impl PexNode {
             router.start().unwrap();
             if reactor {
                 let config = PexConfig::default();
-                let task = run_pex_reactor(router.clone(), channel, reactor_updates, config);
+                let task = run_pex_reactor(router.clone(), channel, None, reactor_updates, config);
                 (router, updates, Some(tokio::spawn(task)), None, id, port)
             } else {
                 (router, updates, None, Some(channel), id, port)

@@ -269,6 +269,9 @@ pub enum EvictReason {
     /// The connection was superseded by another one to the same peer. Not produced by the
     /// current rules: replacements are reported through [`Admission::Replaces`].
     Replaced,
+    /// A reactor asked for it without blaming the peer ([`PeerManager::hang_up`]), e.g. a seed
+    /// node that has exchanged addresses.
+    HungUp,
 }
 
 /// A connection the router must close.
@@ -504,6 +507,9 @@ struct Conn {
     evicting: bool,
     /// The address we dialed (outbound only).
     address: Option<NodeAddress>,
+    /// Set by [`PeerManager::hang_up`]: the address is not redialed sooner than this after the
+    /// connection closes.
+    redial_after: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -1306,6 +1312,7 @@ impl PeerManager {
             ready: false,
             evicting: false,
             address: address.cloned(),
+            redial_after: None,
         });
         let active =
             (self.peers.values()).filter(|p| p.connection().is_some_and(|c| !c.evicting)).count();
@@ -1379,7 +1386,8 @@ impl PeerManager {
             });
         }
         if let Some(entry) = old.address.as_ref().and_then(|a| known.address_mut(a)) {
-            entry.retry_at = Some(entry.ready_at().max(now + self.config.min_retry));
+            let wait = old.redial_after.unwrap_or_default().max(self.config.min_retry);
+            entry.retry_at = Some(entry.ready_at().max(now + wait));
         }
         // An address-less (inbound-only) peer is remembered only while it is banned or
         // penalised, so a misbehaving peer cannot reconnect with a clean score.
@@ -1401,6 +1409,17 @@ impl PeerManager {
             }
         }
         None
+    }
+
+    /// Closes `peer`'s connection without blaming it ([`EvictReason::HungUp`]; its score is
+    /// unchanged), and redials the address it was dialed on no sooner than `redial_after` after
+    /// the close. Ignored unless the peer is connected.
+    pub fn hang_up(&mut self, peer: NodeId, redial_after: Duration, now: Timestamp) {
+        self.tick(now);
+        if let Some(Link::Connected(conn)) = self.peers.get_mut(&peer).map(|p| &mut p.link) {
+            conn.redial_after = Some(redial_after);
+        }
+        self.schedule_eviction(peer, EvictReason::HungUp);
     }
 
     /// Reports misbehaviour of `peer` (see [`Severity`]). Ignored for unknown peers.
@@ -1491,16 +1510,33 @@ impl PeerManager {
         exclude: NodeId,
         limit: usize,
     ) -> Vec<NodeAddress> {
+        self.shareable_addresses(now, exclude, limit, 1, |_| true)
+    }
+
+    /// Like [`known_addresses`](Self::known_addresses), but only addresses for which `keep` is
+    /// true, and up to `per_peer` of each peer's (fewest consecutive dial failures first, e.g.
+    /// its QUIC and its MConn address). At most `limit` addresses in all.
+    pub fn shareable_addresses(
+        &self,
+        now: Timestamp,
+        exclude: NodeId,
+        limit: usize,
+        per_peer: usize,
+        keep: impl Fn(&NodeAddress) -> bool,
+    ) -> Vec<NodeAddress> {
         let half_life = self.half_life();
-        let mut found: Vec<(f64, NodeId, &NodeAddress)> = (self.peers.iter())
+        let mut found: Vec<(f64, NodeId, Vec<&NodeAddress>)> = (self.peers.iter())
             .filter(|(id, p)| **id != exclude && p.ban_until(now).is_none())
             .filter_map(|(id, p)| {
-                let best = p.addresses.iter().min_by_key(|a| a.failures)?;
-                Some((p.score_at(now, half_life), *id, &best.address))
+                let mut mine: Vec<&Addr> = p.addresses.iter().filter(|a| keep(&a.address)).collect();
+                mine.sort_by_key(|a| a.failures);
+                let mine: Vec<&NodeAddress> =
+                    mine.into_iter().take(per_peer).map(|a| &a.address).collect();
+                (!mine.is_empty()).then(|| (p.score_at(now, half_life), *id, mine))
             })
             .collect();
         found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        found.into_iter().take(limit).map(|(_, _, address)| address.clone()).collect()
+        found.into_iter().flat_map(|(_, _, a)| a).take(limit).cloned().collect()
     }
 
     /// Number of peers with an admitted connection.

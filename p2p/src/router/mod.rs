@@ -300,7 +300,7 @@ struct Counters {
 }
 
 /// Labels of [`EvictReason`]s, in the order of [`evict_reason_index`].
-const EVICT_REASONS: [&str; 4] = ["upgrade", "misbehaved", "banned", "replaced"];
+const EVICT_REASONS: [&str; 5] = ["upgrade", "misbehaved", "banned", "replaced", "hung_up"];
 
 fn evict_reason_index(reason: EvictReason) -> usize {
     match reason {
@@ -308,6 +308,7 @@ fn evict_reason_index(reason: EvictReason) -> usize {
         EvictReason::Misbehaved => 1,
         EvictReason::Banned => 2,
         EvictReason::Replaced => 3,
+        EvictReason::HungUp => 4,
     }
 }
 
@@ -403,9 +404,34 @@ impl PeerHandle {
     }
 
     /// Tells the peer task to disconnect now, discarding queued messages.
+    fn summary(&self) -> PeerSummary {
+        PeerSummary {
+            node_id: self.node_id,
+            direction: self.direction,
+            node_info: self.node_info.clone(),
+            endpoint: self.endpoint.clone(),
+            backlog: self.queue.backlog(),
+            sent_bytes: self.sent_bytes.load(Ordering::Relaxed),
+            received_bytes: self.received_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the connection once the messages already queued for the peer are sent.
+    fn hang_up(&self) {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(CloseReason::Normal);
+        self.queue.close(true);
+    }
+
     fn disconnect(&self, reason: CloseReason) {
         self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
         self.stop.notify_one();
+    }
+
+    fn has_close_reason(&self) -> bool {
+        self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     fn take_close_reason(&self) -> Option<CloseReason> {
@@ -698,6 +724,20 @@ impl Router {
         self.shared.report(error);
     }
 
+    /// Closes the connection to `peer` without blaming it (its score is unchanged; QUIC peers
+    /// see a normal close), and redials its address no sooner than `redial_after` after the
+    /// close. Messages already queued for it are sent first when the connection can take them
+    /// before the close. Does nothing unless the peer is connected.
+    pub fn hang_up(&self, peer: NodeId, redial_after: Duration) {
+        debug!(%peer, "hanging up");
+        self.shared.with_pm(|pm, now| pm.hang_up(peer, redial_after, now));
+    }
+
+    /// The connected peer `peer`, if it is connected.
+    pub fn peer(&self, peer: NodeId) -> Option<PeerSummary> {
+        self.shared.peers.load().get(&peer).map(|p| p.summary())
+    }
+
     /// The endpoints the transports listen on.
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.shared
@@ -719,20 +759,7 @@ impl Router {
 
     /// Currently connected peers.
     pub fn connected_peers(&self) -> Vec<PeerSummary> {
-        self.shared
-            .peers
-            .load()
-            .values()
-            .map(|p| PeerSummary {
-                node_id: p.node_id,
-                direction: p.direction,
-                node_info: p.node_info.clone(),
-                endpoint: p.endpoint.clone(),
-                backlog: p.queue.backlog(),
-                sent_bytes: p.sent_bytes.load(Ordering::Relaxed),
-                received_bytes: p.received_bytes.load(Ordering::Relaxed),
-            })
-            .collect()
+        self.shared.peers.load().values().map(|p| p.summary()).collect()
     }
 
     /// A snapshot of the router's counters.
@@ -1383,6 +1410,7 @@ async fn run_peer(shared: Arc<Shared>, conn: Arc<dyn Connection>, handle: Arc<Pe
     let mut reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), handle.clone()));
     let reason: String = tokio::select! {
         r = write_loop(&shared, conn.as_ref(), &handle) => match r {
+            Ok(()) if handle.has_close_reason() => "hung up".into(),
             Ok(()) => "router stopping".into(),
             Err(e) => format!("send failed: {e}"),
         },
@@ -1577,12 +1605,17 @@ async fn evict_loop(shared: Arc<Shared>) {
                     EvictReason::Replaced => CloseReason::Replaced,
                     EvictReason::Misbehaved => CloseReason::Misbehaved(p.misbehaviour()),
                     EvictReason::Banned => CloseReason::Banned(p.misbehaviour()),
+                    EvictReason::HungUp => CloseReason::Normal,
                 };
                 if let Some(c) = shared.counters.evictions.get(evict_reason_index(e.reason)) {
                     bump(c);
                 }
                 info!(peer = %e.node_id, %reason, "evicting peer");
-                p.disconnect(reason);
+                if e.reason == EvictReason::HungUp {
+                    p.hang_up();
+                } else {
+                    p.disconnect(reason);
+                }
             }
         }
         tokio::select! {
