@@ -52,6 +52,7 @@ use rand::{Rng, SeedableRng};
 use tracing::{debug, warn};
 
 use crate::address::{EndpointAddr, Host, NodeAddress, Protocol};
+use crate::node_info::NodeInfo;
 use crate::peer_manager::{Direction, PeerStatus, Severity, Timestamp};
 use crate::router::{
     Channel, ChannelDescriptor, Outbound, OverflowPolicy, PeerError, PeerUpdates, PeerUpdatesError,
@@ -860,6 +861,36 @@ pub async fn run_pex_reactor(
     }
 }
 
+/// The address a peer reports in its NodeInfo's `listen_addr`, as a node address: a bare
+/// `host:port` is MConn (as Go reads it), `<scheme>://host:port` names its transport, and
+/// `memory:<id>` is an in-process node. An unspecified IP (the peer listens on all interfaces)
+/// is replaced by `remote_ip`, the IP its connection came from. `None` if the result would not
+/// be dialable.
+pub fn reported_address(info: &NodeInfo, remote_ip: Option<IpAddr>) -> Option<NodeAddress> {
+    let listen = info.listen_addr.as_str();
+    let url = if listen.starts_with("memory:") {
+        listen.to_owned()
+    } else if let Some((scheme, host_port)) = listen.split_once("://") {
+        format!("{scheme}://{}@{host_port}", info.node_id)
+    } else {
+        format!("mconn://{}@{listen}", info.node_id)
+    };
+    let address: NodeAddress = url.parse().ok()?;
+    if address.node_id() != info.node_id {
+        return None;
+    }
+    let address = match address.host_port() {
+        Some((Host::Ip(ip), port)) if ip.is_unspecified() => NodeAddress::new_host(
+            address.protocol().clone(),
+            address.node_id(),
+            Host::Ip(remote_ip?.to_canonical()),
+            port,
+        ),
+        _ => address,
+    };
+    is_dialable(&address).then_some(address)
+}
+
 /// The I/O side of [`run_pex_reactor`].
 struct Reactor {
     state: PexState,
@@ -876,7 +907,9 @@ impl Reactor {
         self.router.inspect_peer_manager(|pm, _| pm.num_known())
     }
 
-    /// Records whether `peer` speaks URL PEX (both sides list [`URL_PEX_CHANNEL`]) and its IP.
+    /// Records whether `peer` speaks URL PEX (both sides list [`URL_PEX_CHANNEL`]) and its IP;
+    /// learns the listening address an inbound peer reports in its NodeInfo (the peer is its
+    /// source, as in Go), so it can be shared.
     fn note_dialect(&mut self, peer: NodeId) {
         let Some(summary) = self.router.peer(peer) else { return };
         let urls =
@@ -886,6 +919,12 @@ impl Reactor {
             EndpointAddr::Path(_) => None,
         };
         self.url_peers.insert(peer, (urls, ip));
+        if summary.direction == Direction::Inbound
+            && let Some(address) = reported_address(&summary.node_info, ip)
+            && let Err(e) = self.router.add_gossiped_address(address.clone(), peer)
+        {
+            debug!(%peer, %address, error = %e, "reported listening address not added");
+        }
     }
 
     fn speaks_urls(&self, peer: NodeId) -> bool {
@@ -968,6 +1007,25 @@ impl Reactor {
                 })
             }
         });
+        // Our own listening addresses go first in URL answers (Go peers read ours from our
+        // NodeInfo): only endpoints with a specific IP, which we know to be ours.
+        let addresses = if urls {
+            let me = self.router.node_id();
+            let own = (self.router.endpoints().into_iter())
+                .filter_map(|e| match e.addr {
+                    EndpointAddr::Socket(sa) if !sa.ip().is_unspecified() => {
+                        Some(NodeAddress::new_host(e.protocol, me, Host::Ip(sa.ip()), sa.port()))
+                    }
+                    _ => None,
+                })
+                .filter(|a| is_dialable(a) && is_shareable_with(a, peer_ip));
+            let mut all: Vec<NodeAddress> = own.collect();
+            all.extend(addresses);
+            all.truncate(limit);
+            all
+        } else {
+            addresses
+        };
         debug!(%peer, count = addresses.len(), urls, "answering PEX request");
         let sent = match &self.url_channel {
             Some(channel) if urls => {
@@ -1549,5 +1607,34 @@ mod tests {
         for secs in [3, 61, 3600] {
             assert!(hang_ups(&s.on_tick(t(secs), 0)).is_empty());
         }
+    }
+
+    #[test]
+    fn reported_addresses_name_their_transport_and_fill_in_the_remote_ip() {
+        let info = |listen: &str| {
+            NodeInfo::new(id(1), "chain", "m", [PEX_CHANNEL]).with_listen_addr(listen.to_owned())
+        };
+        let remote = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(
+            reported_address(&info("10.0.0.1:26656"), remote),
+            Some(url(&format!("mconn://{}@10.0.0.1:26656", id(1))))
+        );
+        // Go nodes may report `tcp://`, an alias of MConn.
+        assert_eq!(
+            reported_address(&info("tcp://0.0.0.0:26656"), remote),
+            Some(url(&format!("mconn://{}@10.0.0.7:26656", id(1))))
+        );
+        assert_eq!(
+            reported_address(&info("quic://0.0.0.0:9000"), remote),
+            Some(url(&format!("quic://{}@10.0.0.7:9000", id(1))))
+        );
+        assert_eq!(reported_address(&info("0.0.0.0:9000"), None), None);
+        assert_eq!(reported_address(&info("10.0.0.1:0"), remote), None);
+        assert_eq!(
+            reported_address(&info(&format!("memory:{}", id(1))), None),
+            Some(url(&format!("memory:{}", id(1))))
+        );
+        // Another node's memory address is not this peer's.
+        assert_eq!(reported_address(&info(&format!("memory:{}", id(2))), None), None);
     }
 }

@@ -831,8 +831,11 @@ impl Router {
             let advertised = (endpoints.iter().find(|e| e.protocol == Protocol::MCONN))
                 .or_else(|| endpoints.first());
             if let Some(e) = advertised {
+                // Go reads a bare `host:port` as MConn; other transports carry their scheme.
                 info.listen_addr = match &e.addr {
-                    crate::address::EndpointAddr::Socket(a) => a.to_string(),
+                    crate::address::EndpointAddr::Socket(a) if e.protocol == Protocol::MCONN => {
+                        a.to_string()
+                    }
                     _ => e.to_string(),
                 };
             }
