@@ -1528,7 +1528,8 @@ impl PeerManager {
         let mut found: Vec<(f64, NodeId, Vec<&NodeAddress>)> = (self.peers.iter())
             .filter(|(id, p)| **id != exclude && p.ban_until(now).is_none())
             .filter_map(|(id, p)| {
-                let mut mine: Vec<&Addr> = p.addresses.iter().filter(|a| keep(&a.address)).collect();
+                let mut mine: Vec<&Addr> =
+                    p.addresses.iter().filter(|a| keep(&a.address)).collect();
                 mine.sort_by_key(|a| a.failures);
                 let mine: Vec<&NodeAddress> =
                     mine.into_iter().take(per_peer).map(|a| &a.address).collect();
