@@ -68,7 +68,9 @@
 //! non-persistent address with more than `max_dial_failures` consecutive failures is forgotten,
 //! and so is a peer left without addresses (unless it is banned or connected). When an outbound
 //! connection closes, its address is retried no sooner than `min_retry` later (inbound closes
-//! delay nothing). [`PeerManager::next_dial_at`] tells the router when the next such retry time
+//! delay nothing); from the second consecutive connection on it that lasted less than
+//! `min_stable_connection`, no sooner than the backoff for that many failures (a peer that
+//! keeps hanging up on us, such as a seed node, is not redialed in a loop). [`PeerManager::next_dial_at`] tells the router when the next such retry time
 //! or ban expiry comes.
 //!
 //! **Admission.** [`PeerManager::dialed`] and [`PeerManager::accepted`] reject our own node ID,
@@ -436,6 +438,11 @@ pub struct PeerManagerConfig {
     pub max_peers: usize,
     /// Peers to stay connected to: top score, never given up, never banned.
     pub persistent_peers: Vec<NodeAddress>,
+    /// An outbound connection that closes sooner than this after it was admitted is
+    /// short-lived: from the second consecutive one on, its address is redialed with the
+    /// failure backoff (a peer that keeps hanging up, such as a seed node, is not redialed in a
+    /// loop). A connection that lasts longer resets the count. Default 30 s.
+    pub min_stable_connection: Duration,
     /// Seed of the RNG that draws backoff jitter.
     pub rng_seed: u64,
     /// Most addresses one peer may give us by gossip (PEX) in one network group (default 16;
@@ -464,6 +471,7 @@ impl Default for PeerManagerConfig {
             score_half_life: Duration::from_secs(3600),
             max_peers: 1024,
             persistent_peers: Vec::new(),
+            min_stable_connection: Duration::from_secs(30),
             rng_seed: 0,
             protocol_preference: vec![Protocol::QUIC, Protocol::MCONN],
             max_gossip_per_source_group: 16,
@@ -484,11 +492,22 @@ struct Addr {
     source: Option<NodeId>,
     /// A dial of it completed the handshake with the node ID it names.
     verified: bool,
+    /// Consecutive short-lived connections on it (see
+    /// [`PeerManagerConfig::min_stable_connection`]). Not persisted.
+    short_lived: u32,
 }
 
 impl Addr {
     fn from_source(address: NodeAddress, source: Option<NodeId>) -> Self {
-        Self { address, failures: 0, last_failure: None, retry_at: None, source, verified: false }
+        Self {
+            address,
+            failures: 0,
+            last_failure: None,
+            retry_at: None,
+            source,
+            verified: false,
+            short_lived: 0,
+        }
     }
 
     fn ready_at(&self) -> Timestamp {
@@ -510,6 +529,8 @@ struct Conn {
     /// Set by [`PeerManager::hang_up`]: the address is not redialed sooner than this after the
     /// connection closes.
     redial_after: Option<Duration>,
+    /// When it was admitted.
+    since: Timestamp,
 }
 
 #[derive(Debug)]
@@ -1206,7 +1227,11 @@ impl PeerManager {
             if let Some(entry) = peer.address_mut(addr)
                 && (entry.failures > 0 || entry.retry_at.is_some() || !entry.verified)
             {
-                *entry = Addr { verified: true, ..Addr::from_source(addr.clone(), entry.source) };
+                *entry = Addr {
+                    verified: true,
+                    short_lived: entry.short_lived,
+                    ..Addr::from_source(addr.clone(), entry.source)
+                };
                 self.dirty.insert(id);
             }
         }
@@ -1313,6 +1338,7 @@ impl PeerManager {
             evicting: false,
             address: address.cloned(),
             redial_after: None,
+            since: now,
         });
         let active =
             (self.peers.values()).filter(|p| p.connection().is_some_and(|c| !c.evicting)).count();
@@ -1385,8 +1411,19 @@ impl PeerManager {
                 connection: conn,
             });
         }
+        let persistent = known.persistent;
         if let Some(entry) = old.address.as_ref().and_then(|a| known.address_mut(a)) {
-            let wait = old.redial_after.unwrap_or_default().max(self.config.min_retry);
+            let mut wait = old.redial_after.unwrap_or_default().max(self.config.min_retry);
+            if now.saturating_sub(old.since) < self.config.min_stable_connection {
+                entry.short_lived = entry.short_lived.saturating_add(1);
+                if entry.short_lived >= 2 {
+                    let hold =
+                        backoff(&self.config, &mut self.rng, entry.short_lived - 1, persistent);
+                    wait = wait.max(hold);
+                }
+            } else {
+                entry.short_lived = 0;
+            }
             entry.retry_at = Some(entry.ready_at().max(now + wait));
         }
         // An address-less (inbound-only) peer is remembered only while it is banned or

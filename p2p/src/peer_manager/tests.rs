@@ -1166,3 +1166,30 @@ fn shareable_addresses_filter_and_take_several_per_peer() {
     assert_eq!(pm.shareable_addresses(t(0), id(9), 1, 4, |_| true).len(), 1);
     assert!(pm.shareable_addresses(t(0), id(1), 10, 4, |a| a.node_id() == id(1)).is_empty());
 }
+
+#[test]
+fn short_lived_connections_back_off_from_the_second_one_and_a_stable_one_resets() {
+    let mut pm = manager(PeerManagerConfig { retry_jitter: 0.0, ..config() });
+    pm.add_address(addr(1), t(0)).unwrap();
+    let mut now = 0;
+    let mut conn = 0;
+    // Connects at `now`, closes `lasted` ms later; returns when the address is dialable again.
+    let mut cycle = |pm: &mut PeerManager, lasted: u64| {
+        conn += 1;
+        assert_eq!(pm.dial_next(t(now)), Some(addr(1)), "dialable at {now}");
+        assert_eq!(pm.dialed(&addr(1), ConnectionId(conn), t(now)), Ok(Admission::Accepted));
+        pm.ready(id(1), ConnectionId(conn), t(now));
+        now += lasted;
+        pm.disconnected(id(1), ConnectionId(conn), t(now));
+        let at = pm.next_dial_at().unwrap();
+        let wait = at.saturating_sub(t(now)).as_millis() as u64;
+        now = now.max(at.saturating_sub(t(0)).as_millis() as u64);
+        wait
+    };
+    assert_eq!(cycle(&mut pm, 2000), 250, "the first short-lived close is not held");
+    assert_eq!(cycle(&mut pm, 2000), 250, "second: backoff for 1 failure");
+    assert_eq!(cycle(&mut pm, 2000), 500);
+    assert_eq!(cycle(&mut pm, 2000), 1000);
+    assert_eq!(cycle(&mut pm, 60_000), 250, "a stable connection resets the count");
+    assert_eq!(cycle(&mut pm, 2000), 250);
+}
