@@ -1,6 +1,6 @@
-//! [`Node`]: a router with the transports enabled by cargo features, transaction gossip, the
-//! echo reactor, the consensus-height announcer (so Go peers gossip to us) and, optionally, a
-//! metrics endpoint.
+//! [`Node`]: a router with the transports enabled by cargo features, transaction gossip, peer
+//! exchange (optionally as a seed), the echo reactor, the consensus-height announcer (so Go
+//! peers gossip to us) and, optionally, a metrics endpoint.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use p2p::consensus::{HeightMirror, consensus_state_channel_descriptor, run_heigh
 use p2p::echo::{Echo, EchoEvent, echo_channel_descriptor, handle_echo};
 use p2p::mempool::{Txs, mempool_channel_descriptor};
 use p2p::peer_manager::PeerStore;
+use p2p::pex::{PexConfig, pex_channel_descriptor, run_pex_reactor, url_pex_channel_descriptor};
 use p2p::{
     NodeAddress, NodeId, NodeInfo, NodeKey, PeerManagerConfig, Protocol, Router, RouterConfig,
 };
@@ -60,11 +61,13 @@ pub struct NodeOptions {
     pub max_tx_bytes: usize,
     /// Serve Prometheus metrics.
     pub metrics: Option<MetricsOptions>,
+    /// Run peer exchange (both dialects; see [`p2p::pex`]); `None`: no PEX.
+    pub pex: Option<PexConfig>,
 }
 
 impl NodeOptions {
-    /// Options for a node with `key` on network `chain_id`: no listener, no peers, gossip on,
-    /// metrics off, default router and peer-manager settings.
+    /// Options for a node with `key` on network `chain_id`: no listener, no peers, gossip and
+    /// PEX on, metrics off, default router and peer-manager settings.
     pub fn new(key: NodeKey, chain_id: impl Into<String>) -> Self {
         Self {
             key,
@@ -88,6 +91,7 @@ impl NodeOptions {
             gossip: Some(GossipConfig::default()),
             max_tx_bytes: p2p::mempool::DEFAULT_MAX_TX_BYTES,
             metrics: None,
+            pex: Some(PexConfig::default()),
         }
     }
 
@@ -300,6 +304,15 @@ impl Node {
                 }
             }
         }));
+        let pex = match &options.pex {
+            Some(config) => Some((
+                router.open_channel(pex_channel_descriptor())?,
+                router.open_channel(url_pex_channel_descriptor())?,
+                router.subscribe(),
+                config.clone(),
+            )),
+            None => None,
+        };
         // Metrics first: if the endpoint cannot be served, nothing has connected yet.
         let metrics = match &options.metrics {
             Some(m) => Some(
@@ -310,6 +323,15 @@ impl Node {
             None => None,
         };
         router.start()?;
+        if let Some((legacy, urls, updates, config)) = pex {
+            tasks.push(tokio::spawn(run_pex_reactor(
+                router.clone(),
+                legacy,
+                Some(urls),
+                updates,
+                config,
+            )));
+        }
         for peer in &options.peers {
             router
                 .add_address(peer.clone())
