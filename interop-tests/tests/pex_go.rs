@@ -166,18 +166,7 @@ fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
 
 /// Lines that would mean Go punished the Rust node for something.
 fn punishments(go: &GoNode, rust_id: &str) -> Vec<String> {
-    let log = go.log();
-    let about_us = ["Stopping peer for error", "blacklist", "MarkBad"];
-    let anywhere = ["unsolicited", "too soon"];
-    log.lines()
-        .filter(|l| {
-            let lower = l.to_lowercase();
-            anywhere.iter().any(|n| l.contains(n))
-                || (l.contains(rust_id)
-                    && (about_us.iter().any(|n| l.contains(n)) || lower.contains("ban")))
-        })
-        .map(str::to_owned)
-        .collect()
+    go.punishments_of(rust_id)
 }
 
 fn pex_with_go(binary: GoBinary) {
