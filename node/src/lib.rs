@@ -6,7 +6,9 @@
 //!   makes Go CometBFT peers gossip their transactions to us.
 //! * [`config`]: `config.toml` with CometBFT's key names.
 //! * [`metrics`]: the Prometheus endpoint.
-//! * The `p2pd` binary: `init`, `show-node-id`, `show-node-address`, `start`, `testnet`.
+//! * [`crawl`]: walks a network through PEX (`p2pd crawl`).
+//! * The `p2pd` binary: `init`, `show-node-id`, `show-node-address`, `start`, `testnet`,
+//!   `crawl`.
 //!
 //! # A node in a few lines
 //!
@@ -49,6 +51,7 @@
 //! ```
 
 pub mod config;
+pub mod crawl;
 pub mod gossip;
 pub mod metrics;
 mod node;
