@@ -410,6 +410,32 @@ impl Default for PexConfig {
     }
 }
 
+/// What a peer did wrong in PEX (the reason of a [`PexAction::Penalise`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PexError {
+    /// Addresses we did not ask for (Go bans for this).
+    #[error("unsolicited PEX addresses")]
+    Unsolicited,
+    /// A request while its previous one still waits for its (rate-limited) answer.
+    #[error("PEX request while an earlier one still waits for its answer")]
+    RequestWhileWaiting,
+    /// Entries that do not parse: bad node ID, IP, port (0 included) or URL.
+    #[error("{0} malformed PEX address(es) (bad node ID, IP, port or URL)")]
+    Malformed(usize),
+    /// Entries nobody can dial: an unspecified, broadcast or multicast IP.
+    #[error("{0} PEX address(es) nobody can dial (unspecified, broadcast or multicast IP)")]
+    Undialable(usize),
+    /// More entries than one answer may hold; the first `max` were used.
+    #[error("{count} PEX addresses in one answer, more than {max}; the rest were dropped")]
+    TooMany {
+        /// Entries received.
+        count: usize,
+        /// Entries used.
+        max: usize,
+    },
+}
+
 /// What the driver of a [`PexState`] must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -429,7 +455,7 @@ pub enum PexAction {
         addresses: Vec<NodeAddress>,
     },
     /// Report the peer's misbehaviour.
-    Penalise(NodeId, Severity, String),
+    Penalise(NodeId, Severity, PexError),
     /// Disconnect the peer without a penalty (seed mode: it got or gave its addresses).
     HangUp(NodeId),
 }
@@ -632,11 +658,7 @@ impl PexState {
             return Vec::new();
         }
         if state.answer_due.is_some() {
-            return vec![PexAction::Penalise(
-                peer,
-                Severity::Minor,
-                "PEX request while an earlier one still waits for its answer".into(),
-            )];
+            return vec![PexAction::Penalise(peer, Severity::Minor, PexError::RequestWhileWaiting)];
         }
         match state.last_answered {
             Some(last) if now.saturating_sub(last) < min_answer => {
@@ -676,24 +698,24 @@ impl PexState {
             self.peers.remove(&peer);
         }
         if !solicited {
-            return vec![PexAction::Penalise(
-                peer,
-                Severity::Disconnect,
-                "unsolicited PEX addresses".into(),
-            )];
+            return vec![PexAction::Penalise(peer, Severity::Disconnect, PexError::Unsolicited)];
         }
         let mut actions = Vec::new();
+        let minor = |e| PexAction::Penalise(peer, Severity::Minor, e);
         if invalid > 0 {
-            actions.push(PexAction::Penalise(
-                peer,
-                Severity::Minor,
-                format!("{invalid} malformed PEX address(es)"),
-            ));
+            actions.push(minor(PexError::Malformed(invalid)));
         }
-        let learned: Vec<NodeAddress> = (addresses.into_iter())
-            .take(self.config.max_addresses_accepted)
-            .filter(|a| a.node_id() != self.self_id && is_dialable(a))
-            .collect();
+        let (count, max) = (addresses.len() + invalid, self.config.max_addresses_accepted);
+        if count > max.max(MAX_ADDRESSES) {
+            actions.push(minor(PexError::TooMany { count, max }));
+        }
+        let (dialable, undialable): (Vec<NodeAddress>, Vec<NodeAddress>) =
+            addresses.into_iter().take(max).partition(is_dialable);
+        if !undialable.is_empty() {
+            actions.push(minor(PexError::Undialable(undialable.len())));
+        }
+        let learned: Vec<NodeAddress> =
+            dialable.into_iter().filter(|a| a.node_id() != self.self_id).collect();
         if !learned.is_empty() {
             actions.push(PexAction::Learn { from: peer, addresses: learned });
         }
@@ -978,7 +1000,8 @@ impl Reactor {
                     }
                     debug!(%from, count, refused, "learned PEX addresses");
                 }
-                PexAction::Penalise(peer, severity, reason) => {
+                PexAction::Penalise(peer, severity, error) => {
+                    let reason = error.to_string();
                     self.channel.report_error(PeerError { node_id: peer, severity, reason });
                 }
                 PexAction::HangUp(peer) => {
@@ -1327,11 +1350,7 @@ mod tests {
         let a = s.on_message(id(1), addrs_msg(vec![addr(7, 1)]), t(1));
         assert_eq!(
             a,
-            vec![PexAction::Penalise(
-                id(1),
-                Severity::Disconnect,
-                "unsolicited PEX addresses".into()
-            )]
+            vec![PexAction::Penalise(id(1), Severity::Disconnect, PexError::Unsolicited)]
         );
         // A second reply to one request is unsolicited too.
         s.peer_up(id(2), Direction::Outbound, t(0), 5);
@@ -1348,21 +1367,34 @@ mod tests {
     }
 
     #[test]
-    fn large_answers_are_truncated_without_penalty() {
+    fn oversize_answers_are_truncated_with_a_minor_penalty_never_a_disconnect() {
         let mut s = state();
         s.peer_up(id(1), Direction::Outbound, t(0), 5);
         let many: Vec<PexAddress> = (0..300u16)
             .map(|i| PexAddress::new(id(2), IpAddr::V4(Ipv4Addr::LOCALHOST), i + 1))
             .collect();
         let a = s.on_message(id(1), addrs_msg(many.clone()), t(1));
-        assert!(penalties(&a).is_empty());
-        let [PexAction::Learn { addresses: learned, .. }] = a.as_slice() else { panic!("{a:?}") };
+        assert_eq!(
+            a[0],
+            PexAction::Penalise(
+                id(1),
+                Severity::Minor,
+                PexError::TooMany { count: 300, max: MAX_ADDRESSES }
+            )
+        );
+        let [_, PexAction::Learn { addresses: learned, .. }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
         assert_eq!(learned.len(), MAX_ADDRESSES);
         assert_eq!(learned[249], many[249].to_node_address());
+        // Exactly the limit is fine.
+        s.peer_up(id(3), Direction::Outbound, t(0), 5);
+        let a = s.on_message(id(3), addrs_msg(many[..MAX_ADDRESSES].to_vec()), t(1));
+        assert!(penalties(&a).is_empty(), "{a:?}");
     }
 
     #[test]
-    fn own_and_undialable_addresses_are_dropped_malformed_ones_cost_a_minor_penalty() {
+    fn own_addresses_are_dropped_malformed_and_undialable_ones_cost_a_minor_penalty() {
         let mut s = state();
         s.peer_up(id(1), Direction::Outbound, t(0), 5);
         let list = vec![
@@ -1376,9 +1408,14 @@ mod tests {
         assert_eq!(
             a,
             vec![
-                PexAction::Penalise(id(1), Severity::Minor, "2 malformed PEX address(es)".into()),
+                PexAction::Penalise(id(1), Severity::Minor, PexError::Malformed(2)),
+                PexAction::Penalise(id(1), Severity::Minor, PexError::Undialable(3)),
                 PexAction::Learn { from: id(1), addresses: vec![addr(6, 26656).to_node_address()] },
             ]
+        );
+        assert_eq!(
+            PexError::Undialable(3).to_string(),
+            "3 PEX address(es) nobody can dial (unspecified, broadcast or multicast IP)"
         );
     }
 
@@ -1543,7 +1580,16 @@ mod tests {
             UrlPexMessage::Addrs { addresses: vec![quic.clone(), unspecified, own], invalid: 1 },
             t(1),
         );
-        assert_eq!(penalties(&actions), vec![(id(1), Severity::Minor)]);
+        assert!(actions.contains(&PexAction::Penalise(
+            id(1),
+            Severity::Minor,
+            PexError::Malformed(1)
+        )));
+        assert!(actions.contains(&PexAction::Penalise(
+            id(1),
+            Severity::Minor,
+            PexError::Undialable(1)
+        )));
         assert!(actions.contains(&PexAction::Learn { from: id(1), addresses: vec![quic] }));
         // The answer settled the request: a second one is unsolicited, whichever dialect.
         let again = s.on_url_message(id(1), UrlPexMessage::addrs(vec![]), t(2));
