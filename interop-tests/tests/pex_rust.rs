@@ -4,7 +4,8 @@
 //!
 //! Each node runs the PEX reactor with both channels. The nodes start one after the other and
 //! are given only the bootstrap node's address; the test waits (bounded) until every node is
-//! connected to every other one, then checks how the addresses were learned.
+//! connected to every other one, then checks how the addresses were learned and that each
+//! node's external address was confirmed by what its peers observed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -137,6 +138,13 @@ async fn quic_only_nodes_find_each_other_through_a_bootstrap_node_by_url_pex() {
     let deadline = tokio::time::Instant::now() + T;
     while !knows_all(&nodes) {
         assert!(tokio::time::Instant::now() < deadline, "addresses not all learned by gossip");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Peers report where they see each node (URL PEX `observed`); two agreeing on a QUIC
+    // node's listening port confirm its external address.
+    let confirmed = |n: &Node| n.router.external_addresses().contains(&n.quic());
+    while !nodes.iter().all(confirmed) {
+        assert!(tokio::time::Instant::now() < deadline, "external addresses not confirmed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bootstrap.stop().await;

@@ -323,6 +323,15 @@ impl Node {
             None => None,
         };
         router.start()?;
+        // An operator-configured external address is confirmed for MConn (the transport
+        // CometBFT's `external_address` is about); peer exchange advertises it.
+        #[cfg(feature = "mconn")]
+        if let Some(external) = &options.external_address
+            && options.mconn_listen.is_some()
+            && let Ok(address) = format!("mconn://{id}@{external}").parse::<NodeAddress>()
+        {
+            router.add_external_address(address);
+        }
         if let Some((legacy, urls, updates, config)) = pex {
             tasks.push(tokio::spawn(run_pex_reactor(
                 router.clone(),
@@ -382,4 +391,24 @@ impl Node {
 #[cfg(any(feature = "mconn", feature = "quic"))]
 fn socket_address(protocol: Protocol, id: NodeId, addr: SocketAddr) -> NodeAddress {
     NodeAddress::new_host(protocol, id, p2p::Host::Ip(addr.ip()), addr.port())
+}
+
+#[cfg(all(test, feature = "mconn"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_configured_external_address_is_confirmed_for_mconn_only() {
+        let key = NodeKey::generate();
+        let id = key.node_id();
+        let mut options = NodeOptions::new(key, "ext").with_mconn("127.0.0.1:0".parse().unwrap());
+        options.external_address = Some("203.0.113.5:26656".to_owned());
+        let node = Node::start(options).await.unwrap();
+        let expected: NodeAddress = format!("mconn://{id}@203.0.113.5:26656").parse().unwrap();
+        assert_eq!(node.router().external_addresses(), vec![expected]);
+        assert_eq!(node.router().node_info().listen_addr, "203.0.113.5:26656");
+        node.stop().await;
+    }
 }

@@ -41,7 +41,7 @@
 //!   are shared (Go cannot use DNS names or other transports).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -314,13 +314,16 @@ pub enum UrlPexMessage {
         /// How many received entries were malformed (not a node-address URL, or longer than
         /// [`MAX_URL_LEN`]) and left out. Ignored when sending.
         invalid: usize,
+        /// The requester's IP and port as the answering node saw them (`None` if not given or
+        /// malformed).
+        observed: Option<SocketAddr>,
     },
 }
 
 impl UrlPexMessage {
     /// An `Addrs` message to send.
     pub fn addrs(addresses: Vec<NodeAddress>) -> Self {
-        Self::Addrs { addresses, invalid: 0 }
+        Self::Addrs { addresses, invalid: 0, observed: None }
     }
 }
 
@@ -331,8 +334,9 @@ impl Wrapper for UrlPexMessage {
         use url_proto::pex_message::Sum as UrlSum;
         let sum = match self {
             Self::Request => UrlSum::Request(url_proto::PexRequest {}),
-            Self::Addrs { addresses, .. } => UrlSum::Addrs(url_proto::PexAddrs {
+            Self::Addrs { addresses, observed, .. } => UrlSum::Addrs(url_proto::PexAddrs {
                 urls: addresses.iter().map(ToString::to_string).collect(),
+                observed: observed.map(|o| o.to_string()).unwrap_or_default(),
             }),
         };
         url_proto::PexMessage { sum: Some(sum) }
@@ -344,13 +348,14 @@ impl Wrapper for UrlPexMessage {
         use url_proto::pex_message::Sum as UrlSum;
         match proto.sum {
             Some(UrlSum::Request(url_proto::PexRequest {})) => Ok(Self::Request),
-            Some(UrlSum::Addrs(url_proto::PexAddrs { urls })) => {
+            Some(UrlSum::Addrs(url_proto::PexAddrs { urls, observed })) => {
                 let addresses: Vec<NodeAddress> = (urls.iter())
                     .filter(|u| u.len() <= MAX_URL_LEN)
                     .filter_map(|u| u.parse().ok())
                     .collect();
                 let invalid = urls.len() - addresses.len();
-                Ok(Self::Addrs { addresses, invalid })
+                let observed = observed.parse().ok();
+                Ok(Self::Addrs { addresses, invalid, observed })
             }
             None => Err(UnwrapError("URL PEX message without a request or addresses".into())),
         }
@@ -631,7 +636,7 @@ impl PexState {
         self.start_clock(now);
         match message {
             UrlPexMessage::Request => self.on_request(peer, now),
-            UrlPexMessage::Addrs { addresses, invalid } => {
+            UrlPexMessage::Addrs { addresses, invalid, .. } => {
                 self.on_addrs(peer, addresses, invalid, now)
             }
         }
@@ -820,6 +825,7 @@ pub async fn run_pex_reactor(
         channel,
         url_channel,
         url_peers: HashMap::new(),
+        observed: ObservedAddresses::default(),
     };
     let mut updates_open = true;
     let actions = reactor.resync();
@@ -872,6 +878,9 @@ pub async fn run_pex_reactor(
                     debug!("URL PEX channel closed; reactor stops");
                     return;
                 };
+                if let UrlPexMessage::Addrs { observed: Some(seen), .. } = &envelope.message {
+                    reactor.observe(envelope.from, *seen);
+                }
                 reactor.state.on_url_message(envelope.from, envelope.message, Timestamp::now())
             }
             () = tokio::time::sleep(sleep) => {
@@ -913,15 +922,61 @@ pub fn reported_address(info: &NodeInfo, remote_ip: Option<IpAddr>) -> Option<No
     is_dialable(&address).then_some(address)
 }
 
+/// Distinct peers that must report the same observed address before it is taken as ours.
+pub const OBSERVERS_TO_CONFIRM: usize = 2;
+
+/// Most observed addresses tracked at once (the least observed is dropped for a new one).
+const MAX_OBSERVED: usize = 16;
+
+/// What peers report seeing us as (URL PEX `observed`), until enough distinct peers agree.
+///
+/// Sans-IO: [`observe`](Self::observe) returns the address once [`OBSERVERS_TO_CONFIRM`]
+/// distinct peers reported it, exactly once. A peer reporting again, or reporting several
+/// addresses, counts once per address; at most [`MAX_OBSERVED`] addresses are tracked.
+#[derive(Debug, Default)]
+pub struct ObservedAddresses {
+    seen: BTreeMap<SocketAddr, (Vec<NodeId>, bool)>,
+}
+
+impl ObservedAddresses {
+    /// Records that `peer` saw us at `addr`; returns `addr` when this report confirms it.
+    /// Undialable addresses (unspecified, multicast, port 0) are ignored.
+    pub fn observe(&mut self, peer: NodeId, addr: SocketAddr) -> Option<SocketAddr> {
+        if !ip_is_dialable(addr.ip()) || addr.port() == 0 {
+            return None;
+        }
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if !self.seen.contains_key(&addr) && self.seen.len() >= MAX_OBSERVED {
+            let weakest = (self.seen.iter())
+                .filter(|(_, (_, confirmed))| !confirmed)
+                .min_by_key(|(_, (peers, _))| peers.len())
+                .map(|(a, _)| *a)?;
+            self.seen.remove(&weakest);
+        }
+        let (peers, confirmed) = self.seen.entry(addr).or_default();
+        if *confirmed || peers.contains(&peer) {
+            return None;
+        }
+        peers.push(peer);
+        if peers.len() >= OBSERVERS_TO_CONFIRM {
+            *confirmed = true;
+            return Some(addr);
+        }
+        None
+    }
+}
+
 /// The I/O side of [`run_pex_reactor`].
 struct Reactor {
     state: PexState,
     router: Arc<Router>,
     channel: Channel<PexMessage>,
     url_channel: Option<Channel<UrlPexMessage>>,
-    /// Connected peers, by whether they speak URL PEX, and their IP (for
-    /// [`is_shareable_with`]).
-    url_peers: HashMap<NodeId, (bool, Option<IpAddr>)>,
+    /// Connected peers, by whether they speak URL PEX, and their IP and port as we see them
+    /// (for [`is_shareable_with`] and the `observed` field of our answers).
+    url_peers: HashMap<NodeId, (bool, Option<SocketAddr>)>,
+    /// What URL PEX peers report seeing us as.
+    observed: ObservedAddresses,
 }
 
 impl Reactor {
@@ -936,16 +991,41 @@ impl Reactor {
         let Some(summary) = self.router.peer(peer) else { return };
         let urls =
             self.url_channel.is_some() && summary.node_info.channels.contains(&URL_PEX_CHANNEL);
-        let ip = match summary.endpoint.addr {
-            EndpointAddr::Socket(sa) => Some(sa.ip()),
+        let remote = match summary.endpoint.addr {
+            EndpointAddr::Socket(sa) => Some(sa),
             EndpointAddr::Path(_) => None,
         };
-        self.url_peers.insert(peer, (urls, ip));
+        self.url_peers.insert(peer, (urls, remote));
         if summary.direction == Direction::Inbound
-            && let Some(address) = reported_address(&summary.node_info, ip)
+            && let Some(address) = reported_address(&summary.node_info, remote.map(|r| r.ip()))
             && let Err(e) = self.router.add_gossiped_address(address.clone(), peer)
         {
             debug!(%peer, %address, error = %e, "reported listening address not added");
+        }
+    }
+
+    /// A peer reported seeing us at `seen`. Once enough peers agree, and the port is the one a
+    /// transport of ours listens on (so no NAT rewrote it: true of QUIC, whose dials leave from
+    /// its listening socket, never of MConn's ephemeral TCP ports), that transport's address at
+    /// the observed IP is confirmed as ours.
+    fn observe(&mut self, peer: NodeId, seen: SocketAddr) {
+        // Only our own answers' unsolicited claims are worth nothing: accept reports from
+        // peers whose answer we asked for (the state drops unsolicited answers anyway).
+        let Some(confirmed) = self.observed.observe(peer, seen) else { return };
+        let me = self.router.node_id();
+        for endpoint in self.router.endpoints() {
+            if let EndpointAddr::Socket(listen) = endpoint.addr
+                && listen.port() == confirmed.port()
+                && endpoint.protocol == Protocol::QUIC
+            {
+                let address = NodeAddress::new_host(
+                    endpoint.protocol,
+                    me,
+                    Host::Ip(confirmed.ip()),
+                    listen.port(),
+                );
+                self.router.add_external_address(address);
+            }
         }
     }
 
@@ -1015,7 +1095,8 @@ impl Reactor {
     /// Answers `peer`'s request in its dialect.
     async fn respond(&mut self, peer: NodeId) {
         let limit = self.state.config().max_addresses_sent;
-        let peer_ip = self.url_peers.get(&peer).and_then(|(_, ip)| *ip);
+        let peer_addr = self.url_peers.get(&peer).and_then(|(_, remote)| *remote);
+        let peer_ip = peer_addr.map(|a| a.ip());
         let urls = self.speaks_urls(peer);
         let addresses = self.router.inspect_peer_manager(|pm, now| {
             if urls {
@@ -1030,19 +1111,23 @@ impl Reactor {
                 })
             }
         });
-        // Our own listening addresses go first in URL answers (Go peers read ours from our
-        // NodeInfo): only endpoints with a specific IP, which we know to be ours.
+        // Our own addresses go first in URL answers (Go peers read ours from our NodeInfo):
+        // only confirmed ones, i.e. external addresses (configuration, UPnP, observations) and
+        // endpoints bound to a specific IP.
         let addresses = if urls {
             let me = self.router.node_id();
-            let own = (self.router.endpoints().into_iter())
-                .filter_map(|e| match e.addr {
-                    EndpointAddr::Socket(sa) if !sa.ip().is_unspecified() => {
-                        Some(NodeAddress::new_host(e.protocol, me, Host::Ip(sa.ip()), sa.port()))
-                    }
-                    _ => None,
-                })
-                .filter(|a| is_dialable(a) && is_shareable_with(a, peer_ip));
-            let mut all: Vec<NodeAddress> = own.collect();
+            let bound = (self.router.endpoints().into_iter()).filter_map(|e| match e.addr {
+                EndpointAddr::Socket(sa) if !sa.ip().is_unspecified() => {
+                    Some(NodeAddress::new_host(e.protocol, me, Host::Ip(sa.ip()), sa.port()))
+                }
+                _ => None,
+            });
+            let mut all: Vec<NodeAddress> = Vec::new();
+            for a in self.router.external_addresses().into_iter().chain(bound) {
+                if is_dialable(&a) && is_shareable_with(&a, peer_ip) && !all.contains(&a) {
+                    all.push(a);
+                }
+            }
             all.extend(addresses);
             all.truncate(limit);
             all
@@ -1052,7 +1137,8 @@ impl Reactor {
         debug!(%peer, count = addresses.len(), urls, "answering PEX request");
         let sent = match &self.url_channel {
             Some(channel) if urls => {
-                channel.send(Outbound::to(peer, UrlPexMessage::addrs(addresses))).await
+                let answer = UrlPexMessage::Addrs { addresses, invalid: 0, observed: peer_addr };
+                channel.send(Outbound::to(peer, answer)).await
             }
             _ => {
                 let legacy = addresses.iter().filter_map(PexAddress::from_node_address).collect();
@@ -1529,7 +1615,7 @@ mod tests {
         let decoded = url_proto::PexMessage::decode(bytes.as_slice()).unwrap();
         assert_eq!(
             UrlPexMessage::unwrap(decoded).unwrap(),
-            UrlPexMessage::Addrs { addresses: vec![quic.clone(), dns], invalid: 0 }
+            UrlPexMessage::Addrs { addresses: vec![quic.clone(), dns], invalid: 0, observed: None }
         );
         let request = UrlPexMessage::Request.wrap().encode_to_vec();
         let decoded = url_proto::PexMessage::decode(request.as_slice()).unwrap();
@@ -1545,11 +1631,26 @@ mod tests {
                     format!("quic://{}@1.2.3.4:0", id(4)),
                     long,
                 ],
+                observed: "not an address".into(),
             })),
         };
         assert_eq!(
             UrlPexMessage::unwrap(proto).unwrap(),
-            UrlPexMessage::Addrs { addresses: vec![quic], invalid: 4 }
+            UrlPexMessage::Addrs { addresses: vec![quic.clone()], invalid: 4, observed: None }
+        );
+        // The observed address round-trips, IPv6 included.
+        let seen: SocketAddr = "[2001:db8::1]:26656".parse().unwrap();
+        let bytes = UrlPexMessage::Addrs {
+            addresses: vec![quic.clone()],
+            invalid: 0,
+            observed: Some(seen),
+        }
+        .wrap()
+        .encode_to_vec();
+        let decoded = url_proto::PexMessage::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            UrlPexMessage::unwrap(decoded).unwrap(),
+            UrlPexMessage::Addrs { addresses: vec![quic], invalid: 0, observed: Some(seen) }
         );
         assert!(UrlPexMessage::unwrap(url_proto::PexMessage { sum: None }).is_err());
     }
@@ -1577,7 +1678,11 @@ mod tests {
         let own = url(&format!("quic://{}@10.0.0.9:26656", id(ME)));
         let actions = s.on_url_message(
             id(1),
-            UrlPexMessage::Addrs { addresses: vec![quic.clone(), unspecified, own], invalid: 1 },
+            UrlPexMessage::Addrs {
+                addresses: vec![quic.clone(), unspecified, own],
+                invalid: 1,
+                observed: None,
+            },
             t(1),
         );
         assert!(actions.contains(&PexAction::Penalise(
@@ -1682,5 +1787,42 @@ mod tests {
         );
         // Another node's memory address is not this peer's.
         assert_eq!(reported_address(&info(&format!("memory:{}", id(2))), None), None);
+    }
+
+    #[test]
+    fn observed_addresses_are_confirmed_by_two_distinct_peers_once() {
+        let mut o = ObservedAddresses::default();
+        let seen: SocketAddr = "203.0.113.7:26656".parse().unwrap();
+        assert_eq!(o.observe(id(1), seen), None);
+        assert_eq!(o.observe(id(1), seen), None, "the same peer twice counts once");
+        assert_eq!(o.observe(id(2), seen), Some(seen));
+        assert_eq!(o.observe(id(3), seen), None, "confirmed once");
+        // Mapped IPv6 is the IPv4 address.
+        let mapped: SocketAddr = "[::ffff:198.51.100.1]:9".parse().unwrap();
+        o.observe(id(1), mapped);
+        assert_eq!(
+            o.observe(id(2), "198.51.100.1:9".parse().unwrap()),
+            Some("198.51.100.1:9".parse().unwrap())
+        );
+        // Nonsense is ignored.
+        assert_eq!(o.observe(id(1), "0.0.0.0:1".parse().unwrap()), None);
+        assert_eq!(o.observe(id(2), "0.0.0.0:1".parse().unwrap()), None);
+        assert_eq!(o.observe(id(2), "203.0.113.9:0".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_flood_of_observations_keeps_the_table_bounded_and_confirmed_entries() {
+        let mut o = ObservedAddresses::default();
+        let real: SocketAddr = "203.0.113.7:26656".parse().unwrap();
+        o.observe(id(1), real);
+        assert_eq!(o.observe(id(2), real), Some(real));
+        // One liar reports 1000 different addresses: the table stays bounded...
+        for i in 0..1000u32 {
+            let fake = SocketAddr::from(([10, (i >> 8) as u8, i as u8, 1], 1));
+            assert_eq!(o.observe(id(9), fake), None);
+        }
+        assert!(o.seen.len() <= MAX_OBSERVED);
+        // ...and keeps the confirmed one.
+        assert!(o.seen.get(&real).is_some_and(|(_, confirmed)| *confirmed));
     }
 }

@@ -328,6 +328,9 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Most confirmed external addresses a router keeps ([`Router::add_external_address`]).
+pub const MAX_EXTERNAL_ADDRESSES: usize = 16;
+
 /// Maximum number of channels (the NodeInfo limit).
 const MAX_CHANNELS: usize = 16;
 
@@ -484,6 +487,8 @@ pub(crate) struct Shared {
     protocol_counters: OnceLock<Vec<(Protocol, ProtocolCounters)>>,
     /// [`RouterConfig::resolver`], or the system resolver once a dial needed it.
     resolver: OnceLock<Resolver>,
+    /// Confirmed addresses of this node as others can dial it ([`Router::add_external_address`]).
+    external: Mutex<Vec<NodeAddress>>,
 }
 
 impl fmt::Debug for Shared {
@@ -638,6 +643,7 @@ impl Router {
             stopped: AtomicBool::new(false),
             shutdown,
             next_conn: AtomicU64::new(1),
+            external: Mutex::new(Vec::new()),
             counters: Counters::default(),
             protocol_counters: OnceLock::new(),
             resolver,
@@ -731,6 +737,37 @@ impl Router {
     pub fn hang_up(&self, peer: NodeId, redial_after: Duration) {
         debug!(%peer, "hanging up");
         self.shared.with_pm(|pm, now| pm.hang_up(peer, redial_after, now));
+    }
+
+    /// Records a confirmed address of this node as others can dial it: from configuration
+    /// (an operator's external address), a UPnP gateway's mapping, or what enough peers observed.
+    /// Peer exchange advertises these (see [`crate::pex`]). Returns `false` if the address names
+    /// another node ID, is already known, or [`MAX_EXTERNAL_ADDRESSES`] are known.
+    pub fn add_external_address(&self, address: NodeAddress) -> bool {
+        if address.node_id() != self.shared.node_id {
+            return false;
+        }
+        let mut external = self.shared.external.lock().unwrap_or_else(PoisonError::into_inner);
+        if external.contains(&address) || external.len() >= MAX_EXTERNAL_ADDRESSES {
+            return false;
+        }
+        info!(%address, "external address confirmed");
+        external.push(address);
+        true
+    }
+
+    /// Forgets a confirmed address (e.g. a UPnP mapping that was removed).
+    pub fn remove_external_address(&self, address: &NodeAddress) {
+        self.shared
+            .external
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|a| a != address);
+    }
+
+    /// The confirmed addresses of this node (see [`add_external_address`](Self::add_external_address)).
+    pub fn external_addresses(&self) -> Vec<NodeAddress> {
+        self.shared.external.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The connected peer `peer`, if it is connected.

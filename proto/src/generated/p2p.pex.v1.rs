@@ -24,4 +24,8 @@ pub struct PexRequest {}
 pub struct PexAddrs {
     #[prost(string, repeated, tag = "1")]
     pub urls: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The requester's IP and port as the answering node sees them (`ip:port`,
+    /// IPv6 in brackets), so a node can learn its external IP; empty if unknown.
+    #[prost(string, tag = "2")]
+    pub observed: ::prost::alloc::string::String,
 }
