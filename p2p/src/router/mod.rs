@@ -1195,47 +1195,92 @@ async fn race_connect(
 }
 
 /// Resolves `address` and connects a transport to it (no node handshake yet).
+///
+/// The lookup is bounded by [`RouterConfig::dial_timeout`]. A name with several addresses
+/// (IPv6 and IPv4, in the resolver's interleaved order) is raced happy-eyeballs style: the next
+/// endpoint is tried [`RouterConfig::fallback_delay`] after the previous one started, or as
+/// soon as it failed; each attempt is bounded by `dial_timeout`, and the first connection wins
+/// (the others are dropped). So an address family that silently drops packets costs one
+/// fallback delay, not a whole dial timeout.
 async fn connect(
     shared: &Arc<Shared>,
     address: &NodeAddress,
 ) -> Result<Box<dyn Connection>, DialError> {
-    let endpoints = resolve(shared, address).await?;
+    let timeout = shared.config.dial_timeout;
+    let endpoints =
+        tokio::time::timeout(timeout, resolve(shared, address)).await.map_err(|_| {
+            DialError::Resolve(format!("looking up {address} timed out after {timeout:?}"))
+        })??;
     let mut last = DialError::NoEndpoints;
+    let mut candidates: Vec<(Endpoint, Arc<dyn Transport>)> = Vec::new();
     for endpoint in endpoints {
         let transports = shared.transports_for(&endpoint.protocol);
         if transports.is_empty() {
             last = DialError::NoTransport(endpoint.protocol.clone());
+        }
+        candidates.extend(transports.iter().map(|t| (endpoint.clone(), t.clone())));
+    }
+    let mut pending = candidates.into_iter();
+    let mut attempts: JoinSet<Result<Box<dyn Connection>, DialError>> = JoinSet::new();
+    let mut next_at = tokio::time::Instant::now();
+    loop {
+        let start_next = attempts.is_empty() || tokio::time::Instant::now() >= next_at;
+        if start_next && let Some((endpoint, transport)) = pending.next() {
+            let s = shared.clone();
+            attempts.spawn(
+                async move { connect_endpoint(&s, endpoint, transport).await }.in_current_span(),
+            );
+            next_at = tokio::time::Instant::now() + shared.config.fallback_delay;
             continue;
         }
-        for transport in transports {
-            let connect = async {
-                let mut conn = transport.dial(&endpoint).await?;
-                match conn.establish().await {
-                    Ok(()) => Ok(Ok(conn)),
-                    Err(e) => {
-                        conn.close().await;
-                        Ok(Err(e))
-                    }
+        if attempts.is_empty() {
+            return Err(last);
+        }
+        let more = pending.len() > 0;
+        tokio::select! {
+            joined = attempts.join_next() => match joined {
+                Some(Ok(Ok(conn))) => return Ok(conn),
+                Some(Ok(Err(error))) => {
+                    debug!(%address, %error, "endpoint attempt failed");
+                    last = error;
+                    // The next endpoint starts at once.
+                    next_at = tokio::time::Instant::now();
                 }
-            };
-            let dialled = tokio::time::timeout(shared.config.dial_timeout, connect).await;
-            match dialled {
-                Ok(Ok(Ok(conn))) => return Ok(conn),
-                Ok(Ok(Err(source))) => {
-                    shared.counters.handshake_failed(&source);
-                    last = DialError::Handshake { endpoint: endpoint.clone(), source };
-                }
-                Ok(Err(TransportError::UnsupportedProtocol(p))) => {
-                    last = DialError::NoTransport(p);
-                }
-                Ok(Err(source)) => {
-                    last = DialError::Transport { endpoint: endpoint.clone(), source };
-                }
-                Err(_) => last = DialError::Timeout(endpoint.clone()),
-            }
+                Some(Err(e)) => last = DialError::Resolve(format!("dial attempt panicked: {e}")),
+                None => return Err(last),
+            },
+            _ = tokio::time::sleep_until(next_at), if more => {}
         }
     }
-    Err(last)
+}
+
+/// Dials one endpoint with one transport and establishes the connection, within the dial
+/// timeout.
+async fn connect_endpoint(
+    shared: &Shared,
+    endpoint: Endpoint,
+    transport: Arc<dyn Transport>,
+) -> Result<Box<dyn Connection>, DialError> {
+    let connect = async {
+        let mut conn = transport.dial(&endpoint).await?;
+        match conn.establish().await {
+            Ok(()) => Ok(Ok(conn)),
+            Err(e) => {
+                conn.close().await;
+                Ok(Err(e))
+            }
+        }
+    };
+    match tokio::time::timeout(shared.config.dial_timeout, connect).await {
+        Ok(Ok(Ok(conn))) => Ok(conn),
+        Ok(Ok(Err(source))) => {
+            shared.counters.handshake_failed(&source);
+            Err(DialError::Handshake { endpoint, source })
+        }
+        Ok(Err(TransportError::UnsupportedProtocol(p))) => Err(DialError::NoTransport(p)),
+        Ok(Err(source)) => Err(DialError::Transport { endpoint, source }),
+        Err(_) => Err(DialError::Timeout(endpoint)),
+    }
 }
 
 /// The endpoints of `address`: a DNS host is looked up now, with the configured resolver or the
