@@ -204,8 +204,12 @@ fn pex_with_go(binary: GoBinary) {
 
     go_a.wait_for_peer(&rust_id, T).unwrap();
     go_b.wait_for_peer(&rust_id, T).unwrap();
+    // Go may list us a moment before our router has admitted the connection.
+    wait_for(T, "the Rust node to list both Go nodes", || {
+        Ok(rust.is_connected_to(go_a.node_id()) && rust.is_connected_to(go_b.node_id()))
+    })
+    .unwrap();
     let connected = Instant::now();
-    assert!(rust.is_connected_to(go_a.node_id()) && rust.is_connected_to(go_b.node_id()));
     let go_a_id: NodeId = go_a.node_id().parse().unwrap();
     let go_b_id: NodeId = go_b.node_id().parse().unwrap();
 
