@@ -349,6 +349,23 @@ impl GoNode {
         self.log().lines().filter(|line| line.contains(needle)).count()
     }
 
+    /// Log lines that would mean the node punished peer `peer_id` (stopped it for an error,
+    /// banned it, marked it bad) or saw a PEX protocol violation (an unsolicited address list,
+    /// a request too soon) from anybody.
+    pub fn punishments_of(&self, peer_id: &str) -> Vec<String> {
+        let about_peer = ["Stopping peer for error", "blacklist", "MarkBad"];
+        let anywhere = ["unsolicited", "too soon"];
+        (self.log().lines())
+            .filter(|l| {
+                anywhere.iter().any(|n| l.contains(n))
+                    || (l.contains(peer_id)
+                        && (about_peer.iter().any(|n| l.contains(n))
+                            || l.to_lowercase().contains("ban")))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The OS process ID, while the node runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

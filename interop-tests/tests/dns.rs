@@ -407,3 +407,64 @@ async fn the_next_dial_follows_a_changed_record() {
     dialer.router.stop().await;
     new.router.stop().await;
 }
+
+/// A name with a silent address first: `both.test` has `::1` (where a UDP socket takes QUIC
+/// packets and never answers) and `127.0.0.1` (where node K serves QUIC on the same port). The
+/// resolver puts IPv6 first, so the dialer's first attempt goes into the void; the endpoints
+/// are raced, so the second starts after the fallback delay and wins. The dial timeout is
+/// longer than the test's bound: trying the endpoints one after the other would not connect in
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_address_of_a_name_costs_a_fallback_delay_not_a_dial_timeout() {
+    use p2p_transport_quic::{QuicConfig, QuicTransport};
+
+    let dns = Dnsmasq::start("::1 both.test\n127.0.0.1 both.test\n", &[]);
+    let resolved = address("both.test", 1).resolve_with(&dns.resolver()).await.unwrap();
+    assert_eq!(ips(&resolved), ["::1".parse::<IpAddr>().unwrap(), "127.0.0.1".parse().unwrap()]);
+
+    // Node K on 127.0.0.1:P (QUIC) and a black hole on [::1]:P (UDP).
+    let key = NodeKey::generate();
+    let k = key.node_id();
+    let mut bound = None;
+    for _ in 0..20 {
+        let quic = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &key, QuicConfig::default())
+            .unwrap();
+        let port = quic.local_addr().port();
+        if let Ok(hole) = UdpSocket::bind(("::1", port)) {
+            bound = Some((quic, hole, port));
+            break;
+        }
+    }
+    let (quic, _hole, port) = bound.expect("no port free on both 127.0.0.1 and ::1");
+    let info = NodeInfo::new(k, "dns-test", "k", Vec::<p2p::ChannelId>::new());
+    let node_k = Arc::new(
+        Router::new(key, info, RouterConfig::default(), PeerManagerConfig::default(), None)
+            .unwrap(),
+    );
+    node_k.add_transport(Arc::new(quic)).unwrap();
+    let _echo_k = node_k.open_channel::<Echo>(echo_channel_descriptor()).unwrap();
+    node_k.start().unwrap();
+
+    let mut config = RouterConfig::default();
+    config.resolver = Some(dns.resolver());
+    config.dial_timeout = T * 3;
+    config.fallback_delay = Duration::from_millis(200);
+    let by_name: NodeAddress = format!("quic://{k}@both.test:{port}").parse().unwrap();
+    let pm = PeerManagerConfig { persistent_peers: vec![by_name], ..PeerManagerConfig::default() };
+    let dialer_key = NodeKey::generate();
+    let info = NodeInfo::new(dialer_key.node_id(), "dns-test", "d", Vec::<p2p::ChannelId>::new());
+    // Dual-stack client socket, so both families can be dialed.
+    let client =
+        QuicTransport::bind("[::]:0".parse().unwrap(), &dialer_key, QuicConfig::default()).unwrap();
+    let dialer = Arc::new(Router::new(dialer_key, info, config, pm, None).unwrap());
+    dialer.add_transport(Arc::new(client)).unwrap();
+    let _echo_d = dialer.open_channel::<Echo>(echo_channel_descriptor()).unwrap();
+    let mut updates = dialer.subscribe();
+    dialer.start().unwrap();
+
+    wait_for(&mut updates, k, PeerStatus::Up).await;
+    let at = endpoint_of(&dialer, k);
+    assert_eq!(at.ip().to_canonical(), IpAddr::from([127, 0, 0, 1]), "connected via IPv4");
+    dialer.stop().await;
+    node_k.stop().await;
+}

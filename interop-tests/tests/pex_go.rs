@@ -89,7 +89,7 @@ impl PexNode {
             router.start().unwrap();
             if reactor {
                 let config = PexConfig::default();
-                let task = run_pex_reactor(router.clone(), channel, reactor_updates, config);
+                let task = run_pex_reactor(router.clone(), channel, None, reactor_updates, config);
                 (router, updates, Some(tokio::spawn(task)), None, id, port)
             } else {
                 (router, updates, None, Some(channel), id, port)
@@ -166,18 +166,7 @@ fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
 
 /// Lines that would mean Go punished the Rust node for something.
 fn punishments(go: &GoNode, rust_id: &str) -> Vec<String> {
-    let log = go.log();
-    let about_us = ["Stopping peer for error", "blacklist", "MarkBad"];
-    let anywhere = ["unsolicited", "too soon"];
-    log.lines()
-        .filter(|l| {
-            let lower = l.to_lowercase();
-            anywhere.iter().any(|n| l.contains(n))
-                || (l.contains(rust_id)
-                    && (about_us.iter().any(|n| l.contains(n)) || lower.contains("ban")))
-        })
-        .map(str::to_owned)
-        .collect()
+    go.punishments_of(rust_id)
 }
 
 fn pex_with_go(binary: GoBinary) {
@@ -215,8 +204,12 @@ fn pex_with_go(binary: GoBinary) {
 
     go_a.wait_for_peer(&rust_id, T).unwrap();
     go_b.wait_for_peer(&rust_id, T).unwrap();
+    // Go may list us a moment before our router has admitted the connection.
+    wait_for(T, "the Rust node to list both Go nodes", || {
+        Ok(rust.is_connected_to(go_a.node_id()) && rust.is_connected_to(go_b.node_id()))
+    })
+    .unwrap();
     let connected = Instant::now();
-    assert!(rust.is_connected_to(go_a.node_id()) && rust.is_connected_to(go_b.node_id()));
     let go_a_id: NodeId = go_a.node_id().parse().unwrap();
     let go_b_id: NodeId = go_b.node_id().parse().unwrap();
 

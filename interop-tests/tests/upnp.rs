@@ -125,6 +125,13 @@ fn a_node_behind_miniupnpd_is_mapped_reachable_and_unmapped_on_stop() {
     let status = node.wait_exit();
     assert!(status.success(), "the node did not stop cleanly: {status}");
     assert!(node.lines().iter().any(|l| l == "STOPPED"), "no clean stop");
+    for a in [&mconn, &quic] {
+        let advertised = format!("EXTERNAL {a}");
+        assert!(
+            node.lines().contains(&advertised),
+            "{a} not among the router's external addresses"
+        );
+    }
     wait(T, "upnpc -l to list no mapping", || {
         listing = upnpc_list();
         mapping(&listing, "TCP").is_none() && mapping(&listing, "UDP").is_none()
@@ -144,7 +151,8 @@ fn mapping(listing: &str, protocol: &str) -> Option<(String, u64)> {
 }
 
 /// The node process: `config.toml` from `$P2P_UPNP_TEST_HOME`, prints its UPnP addresses as
-/// `UPNP <url>` lines, stops on SIGTERM and prints `STOPPED`.
+/// `UPNP <url>` lines, stops on SIGTERM, printing its router's external addresses as
+/// `EXTERNAL <url>` lines first, and then `STOPPED`.
 fn lan_node() {
     tracing_subscriber::fmt()
         .with_env_filter("p2p=info,p2p_node=info")
@@ -177,6 +185,10 @@ fn lan_node() {
                     }
                 }
             }
+        }
+        // What peer exchange advertises: the mappings are confirmed external addresses.
+        for a in node.router().external_addresses() {
+            println!("EXTERNAL {a}");
         }
         node.stop().await;
         println!("STOPPED");

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2p::{Host, NodeAddress, NodeId, NodeKey, Protocol};
 use p2p_node::config::{CONFIG_FILE, Config, ConfigError, parse_duration};
+use p2p_node::crawl::CrawlOptions;
 use p2p_node::testnet::{TestnetOptions, TestnetTransport};
 use p2p_node::{Node, NodeError, NodeOptions};
 use tracing::{info, warn};
@@ -55,6 +56,37 @@ enum Command {
     /// Runs N nodes in this process on loopback, gossips transactions among them and prints a
     /// summary. Needs no home directory.
     Testnet(TestnetArgs),
+    /// Walks a network through peer exchange from the given addresses and prints every node
+    /// found: node info, version, transport, reachability. Needs no home directory.
+    Crawl(CrawlArgs),
+}
+
+#[derive(Debug, Args)]
+struct CrawlArgs {
+    /// Where to start: `mconn://id@host:port`, `quic://id@host:port` or `id@host:port`.
+    #[arg(required = true, value_name = "ADDRESS", value_parser = crawl_address)]
+    start: Vec<NodeAddress>,
+    /// Nodes visited at the same time.
+    #[arg(long, value_name = "N", value_parser = node_count, default_value_t = 16)]
+    concurrency: usize,
+    /// Time for one visit (dial, handshake, one PEX request and its answer).
+    #[arg(long, value_name = "D", value_parser = duration_arg,
+          default_value_t = HumanDuration(Duration::from_secs(10)))]
+    timeout: HumanDuration,
+    /// Most nodes visited.
+    #[arg(long, value_name = "N", value_parser = node_count, default_value_t = 1000)]
+    max_nodes: usize,
+    /// The network (chain ID) to handshake with at first; by default the first node's.
+    #[arg(long, value_name = "ID")]
+    chain_id: Option<String>,
+    /// Also write the report as JSON to this file (`-` for standard output instead of the
+    /// table).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+fn crawl_address(s: &str) -> Result<NodeAddress, String> {
+    s.parse::<NodeAddress>().map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -221,7 +253,47 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Start => start(cli, &home(cli)?),
         Command::Testnet(args) => testnet(cli, args),
+        Command::Crawl(args) => crawl(cli, args),
     }
+}
+
+fn crawl(cli: &Cli, args: &CrawlArgs) -> Result<(), Failure> {
+    let level = cli.log_level.as_deref().unwrap_or("warn");
+    init_logging(log_filter(level, "--log-level")?, cli.log_format.unwrap_or(LogFormat::Plain))?;
+    let mut options = CrawlOptions::new(args.start.clone());
+    options.concurrency = args.concurrency;
+    options.timeout = args.timeout.0;
+    options.max_nodes = args.max_nodes;
+    options.chain_id = args.chain_id.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::other(format!("cannot start the Tokio runtime: {e}")))?;
+    let report = runtime
+        .block_on(p2p_node::crawl::crawl(options, |p| {
+            eprintln!(
+                "crawl: {} visited, {} reachable, {} in flight, {} queued",
+                p.visited, p.reachable, p.in_flight, p.queued
+            );
+        }))
+        .map_err(Failure::config)?;
+    let json = || {
+        serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::other(format!("cannot encode the report: {e}")))
+    };
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => println!("{}", json()?),
+        Some(path) => {
+            print!("{}", p2p_node::crawl::table(&report));
+            fs::write(path, json()? + "\n")
+                .map_err(|e| Failure::other(format!("cannot write {}: {e}", path.display())))?;
+        }
+        None => print!("{}", p2p_node::crawl::table(&report)),
+    }
+    if report.reachable().next().is_none() {
+        return Err(Failure::other("no node was reachable"));
+    }
+    Ok(())
 }
 
 /// `--home`, `P2PD_HOME`, or `$HOME/.p2pd`.

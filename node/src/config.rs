@@ -24,6 +24,7 @@
 //! | `p2p.upnp` (default `false`) | `NodeOptions::upnp` (feature `upnp`): see [`Node::upnp`](crate::Node) |
 //! | `p2p.persistent_peers` | [`PeerManagerConfig::persistent_peers`] and [`NodeOptions::peers`] |
 //! | `p2p.seeds` | [`NodeOptions::peers`] |
+//! | `p2p.pex`, `p2p.seed_mode` | [`NodeOptions::pex`] (`seed_mode` needs `pex`) |
 //! | `p2p.max_num_inbound_peers` + `max_num_outbound_peers` | [`PeerManagerConfig::max_connected`] |
 //! | `p2p.max_num_outbound_peers` | [`PeerManagerConfig::max_outgoing`] |
 //! | `p2p.send_rate`, `recv_rate` (0: unlimited) | the MConn transport's rate limits |
@@ -114,8 +115,8 @@ pub struct P2pConfig {
     pub quic_laddr: String,
     /// The address peers should dial, `host:port`, if not the listen address.
     pub external_address: String,
-    /// Seed nodes, comma-separated addresses (PEX is not run by this binary yet: they are
-    /// dialed like other peers).
+    /// Seed nodes, comma-separated addresses: dialed at start to learn addresses by PEX (a
+    /// seed that hangs up is redialed with backoff).
     pub seeds: String,
     /// Peers to stay connected to, comma-separated: `id@host:port` (MConn), or
     /// `mconn://`, `quic://` URLs.
@@ -147,6 +148,11 @@ pub struct P2pConfig {
     /// The peer store (redb), relative to the home directory (CometBFT's `addr_book_file` plays
     /// this role).
     pub peer_store_file: String,
+    /// Run peer exchange (CometBFT's PEX on channel 0x00 with every peer, URL PEX on 0x7d with
+    /// peers of this project).
+    pub pex: bool,
+    /// Seed mode: answer PEX requests and hang up; connect only to collect addresses.
+    pub seed_mode: bool,
 }
 
 impl Default for P2pConfig {
@@ -169,6 +175,8 @@ impl Default for P2pConfig {
             dial_timeout: "3s".to_owned(),
             fallback_delay: "300ms".to_owned(),
             peer_store_file: "data/peers.redb".to_owned(),
+            pex: true,
+            seed_mode: false,
         }
     }
 }
@@ -612,6 +620,16 @@ impl Config {
         options.peers = persistent;
         options.peers.extend(seeds);
 
+        // Peer exchange.
+        if self.p2p.seed_mode && !self.p2p.pex {
+            return Err(self.invalid("p2p.seed_mode", "true", "needs p2p.pex = true"));
+        }
+        options.pex = self.p2p.pex.then(|| {
+            let mut pex = p2p::pex::PexConfig::default();
+            pex.seed_mode = self.p2p.seed_mode;
+            pex
+        });
+
         // Router.
         let mut router = RouterConfig::default();
         router.handshake_timeout =
@@ -888,8 +906,7 @@ fn key_comment(key: &str) -> Option<&'static str> {
              listen address)."
         }
         "p2p.seeds" => {
-            "Seed nodes, comma-separated addresses. Dialed at start like other peers (no PEX\n\
-             yet)."
+            "Seed nodes, comma-separated addresses, dialed at start to learn peers by PEX."
         }
         "p2p.persistent_peers" => {
             "Peers to stay connected to, comma-separated: id@host:port (MConnection),\n\
@@ -915,6 +932,14 @@ fn key_comment(key: &str) -> Option<&'static str> {
         "p2p.fallback_delay" => {
             "When a peer has QUIC and MConnection addresses: how long a dial waits for QUIC\n\
              before also trying MConnection."
+        }
+        "p2p.pex" => {
+            "Peer exchange: CometBFT's PEX (channel 0x00) with every peer, and full-URL PEX\n\
+             (channel 0x7d, QUIC addresses included) with peers that list that channel."
+        }
+        "p2p.seed_mode" => {
+            "Seed mode: answer PEX requests, then hang up; connect to peers only to collect\n\
+             their addresses. Needs pex = true."
         }
         "p2p.peer_store_file" => {
             "The peer store, relative to the home directory (\"\": peers are not remembered)."
@@ -1175,6 +1200,22 @@ per_peer_labels = true
         assert_eq!(o.quic_listen, None);
         assert_eq!(o.peer_store, None);
         assert!(o.gossip.is_none());
+    }
+
+    #[test]
+    fn pex_and_seed_mode_map_to_the_pex_options() {
+        let home = Path::new("/srv/p2pd");
+        let o = Config::default().node_options(home, key()).unwrap();
+        assert!(o.pex.as_ref().is_some_and(|p| !p.seed_mode), "PEX on by default, as CometBFT");
+        let mut config = Config::default();
+        config.p2p.seed_mode = true;
+        let o = config.node_options(home, key()).unwrap();
+        assert!(o.pex.as_ref().is_some_and(|p| p.seed_mode));
+        config.p2p.pex = false;
+        let e = config.node_options(home, key()).unwrap_err().to_string();
+        assert!(e.contains("p2p.seed_mode") && e.contains("needs p2p.pex"), "{e}");
+        config.p2p.seed_mode = false;
+        assert!(config.node_options(home, key()).unwrap().pex.is_none());
     }
 
     /// `(section, key, value)` that must be refused, and a string the message must contain.

@@ -8,7 +8,9 @@
 //! * [`metrics`]: the Prometheus endpoint.
 //! * UPnP (feature `upnp`, on by default; off at run time unless `p2p.upnp = true` or
 //!   [`NodeOptions::upnp`]): maps the listening ports on the LAN's gateway (`p2p::upnp`).
-//! * The `p2pd` binary: `init`, `show-node-id`, `show-node-address`, `start`, `testnet`.
+//! * [`crawl`]: walks a network through PEX (`p2pd crawl`).
+//! * The `p2pd` binary: `init`, `show-node-id`, `show-node-address`, `start`, `testnet`,
+//!   `crawl`.
 //!
 //! # A node in a few lines
 //!
@@ -51,6 +53,7 @@
 //! ```
 
 pub mod config;
+pub mod crawl;
 pub mod gossip;
 pub mod metrics;
 mod node;

@@ -1,6 +1,6 @@
-//! [`Node`]: a router with the transports enabled by cargo features, transaction gossip, the
-//! echo reactor, the consensus-height announcer (so Go peers gossip to us) and, optionally, a
-//! metrics endpoint.
+//! [`Node`]: a router with the transports enabled by cargo features, transaction gossip, peer
+//! exchange (optionally as a seed), the echo reactor, the consensus-height announcer (so Go
+//! peers gossip to us) and, optionally, a metrics endpoint.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use p2p::consensus::{HeightMirror, consensus_state_channel_descriptor, run_heigh
 use p2p::echo::{Echo, EchoEvent, echo_channel_descriptor, handle_echo};
 use p2p::mempool::{Txs, mempool_channel_descriptor};
 use p2p::peer_manager::PeerStore;
+use p2p::pex::{PexConfig, pex_channel_descriptor, run_pex_reactor, url_pex_channel_descriptor};
 use p2p::{
     NodeAddress, NodeId, NodeInfo, NodeKey, PeerManagerConfig, Protocol, Router, RouterConfig,
 };
@@ -64,11 +65,13 @@ pub struct NodeOptions {
     /// (the default): off. See [`Node::upnp`].
     #[cfg(feature = "upnp")]
     pub upnp: Option<p2p::upnp::UpnpConfig>,
+    /// Run peer exchange (both dialects; see [`p2p::pex`]); `None`: no PEX.
+    pub pex: Option<PexConfig>,
 }
 
 impl NodeOptions {
-    /// Options for a node with `key` on network `chain_id`: no listener, no peers, gossip on,
-    /// metrics off, default router and peer-manager settings.
+    /// Options for a node with `key` on network `chain_id`: no listener, no peers, gossip and
+    /// PEX on, metrics off, default router and peer-manager settings.
     pub fn new(key: NodeKey, chain_id: impl Into<String>) -> Self {
         Self {
             key,
@@ -94,6 +97,7 @@ impl NodeOptions {
             metrics: None,
             #[cfg(feature = "upnp")]
             upnp: None,
+            pex: Some(PexConfig::default()),
         }
     }
 
@@ -319,6 +323,15 @@ impl Node {
                 }
             }
         }));
+        let pex = match &options.pex {
+            Some(config) => Some((
+                router.open_channel(pex_channel_descriptor())?,
+                router.open_channel(url_pex_channel_descriptor())?,
+                router.subscribe(),
+                config.clone(),
+            )),
+            None => None,
+        };
         // Metrics first: if the endpoint cannot be served, nothing has connected yet.
         let metrics = match &options.metrics {
             Some(m) => Some(
@@ -329,6 +342,24 @@ impl Node {
             None => None,
         };
         router.start()?;
+        // An operator-configured external address is confirmed for MConn (the transport
+        // CometBFT's `external_address` is about); peer exchange advertises it.
+        #[cfg(feature = "mconn")]
+        if let Some(external) = &options.external_address
+            && options.mconn_listen.is_some()
+            && let Ok(address) = format!("mconn://{id}@{external}").parse::<NodeAddress>()
+        {
+            router.add_external_address(address);
+        }
+        if let Some((legacy, urls, updates, config)) = pex {
+            tasks.push(tokio::spawn(run_pex_reactor(
+                router.clone(),
+                legacy,
+                Some(urls),
+                updates,
+                config,
+            )));
+        }
         for peer in &options.peers {
             router
                 .add_address(peer.clone())
@@ -340,6 +371,12 @@ impl Node {
             Some(config) => start_upnp(config, &addresses)?,
             None => None,
         };
+        // The gateway's mappings are addresses others can dial: peer exchange advertises them
+        // while they last.
+        #[cfg(feature = "upnp")]
+        if let Some(upnp) = &upnp {
+            tasks.push(tokio::spawn(advertise_upnp(router.clone(), upnp.subscribe())));
+        }
         tracing::info!(node = %id, addresses = ?addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), "node started");
         Ok(Self {
             router,
@@ -436,6 +473,32 @@ pub fn upnp_node_addresses(id: NodeId, status: &p2p::upnp::UpnpStatus) -> Vec<No
         .collect()
 }
 
+/// Keeps the router's external addresses in step with the UPnP mappings.
+#[cfg(feature = "upnp")]
+async fn advertise_upnp(
+    router: Arc<Router>,
+    mut status: tokio::sync::watch::Receiver<p2p::upnp::UpnpStatus>,
+) {
+    let id = router.node_id();
+    let mut current: Vec<NodeAddress> = Vec::new();
+    loop {
+        let now = upnp_node_addresses(id, &status.borrow_and_update());
+        for gone in current.iter().filter(|a| !now.contains(a)) {
+            router.remove_external_address(gone);
+        }
+        for new in now.iter().filter(|a| !current.contains(a)) {
+            router.add_external_address(new.clone());
+        }
+        current = now;
+        if status.changed().await.is_err() {
+            for gone in &current {
+                router.remove_external_address(gone);
+            }
+            return;
+        }
+    }
+}
+
 /// Starts the UPnP mapper for the socket listeners in `addresses` (loopback ones excepted).
 #[cfg(feature = "upnp")]
 fn start_upnp(
@@ -469,4 +532,24 @@ fn start_upnp(
         return Ok(None);
     }
     p2p::upnp::Upnp::spawn(config, &ports).map(Some)
+}
+
+#[cfg(all(test, feature = "mconn"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_configured_external_address_is_confirmed_for_mconn_only() {
+        let key = NodeKey::generate();
+        let id = key.node_id();
+        let mut options = NodeOptions::new(key, "ext").with_mconn("127.0.0.1:0".parse().unwrap());
+        options.external_address = Some("203.0.113.5:26656".to_owned());
+        let node = Node::start(options).await.unwrap();
+        let expected: NodeAddress = format!("mconn://{id}@203.0.113.5:26656").parse().unwrap();
+        assert_eq!(node.router().external_addresses(), vec![expected]);
+        assert_eq!(node.router().node_info().listen_addr, "203.0.113.5:26656");
+        node.stop().await;
+    }
 }

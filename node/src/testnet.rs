@@ -897,6 +897,8 @@ async fn start_node(
         options.peer_store = Some(home.join("data").join("peers.redb"));
         options.gossip = Some(gossip.clone());
         options.peers = peers.to_vec();
+        // The testnet's links are its topology (counted and checked): no peer exchange.
+        options.pex = None;
         #[cfg(feature = "mconn")]
         if role.has_mconn() {
             options = options.with_mconn(loopback);

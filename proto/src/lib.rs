@@ -93,6 +93,22 @@ pub mod p2p {
             include!("generated/p2p.echo.v1.rs");
         }
     }
+    /// Peer exchange with full node-address URLs, between nodes of this project.
+    pub mod pex {
+        /// `p2p.pex.v1`: version 1 of URL peer exchange.
+        #[allow(
+            missing_docs,
+            missing_debug_implementations,
+            unreachable_pub,
+            unused_qualifications,
+            clippy::all,
+            clippy::pedantic,
+            clippy::nursery
+        )]
+        pub mod v1 {
+            include!("generated/p2p.pex.v1.rs");
+        }
+    }
 }
 
 /// The current version of the echo protocol (re-export of [`p2p::echo::v1`]).

@@ -68,7 +68,9 @@
 //! non-persistent address with more than `max_dial_failures` consecutive failures is forgotten,
 //! and so is a peer left without addresses (unless it is banned or connected). When an outbound
 //! connection closes, its address is retried no sooner than `min_retry` later (inbound closes
-//! delay nothing). [`PeerManager::next_dial_at`] tells the router when the next such retry time
+//! delay nothing); from the second consecutive connection on it that lasted less than
+//! `min_stable_connection`, no sooner than the backoff for that many failures (a peer that
+//! keeps hanging up on us, such as a seed node, is not redialed in a loop). [`PeerManager::next_dial_at`] tells the router when the next such retry time
 //! or ban expiry comes.
 //!
 //! **Admission.** [`PeerManager::dialed`] and [`PeerManager::accepted`] reject our own node ID,
@@ -269,6 +271,9 @@ pub enum EvictReason {
     /// The connection was superseded by another one to the same peer. Not produced by the
     /// current rules: replacements are reported through [`Admission::Replaces`].
     Replaced,
+    /// A reactor asked for it without blaming the peer ([`PeerManager::hang_up`]), e.g. a seed
+    /// node that has exchanged addresses.
+    HungUp,
 }
 
 /// A connection the router must close.
@@ -433,6 +438,11 @@ pub struct PeerManagerConfig {
     pub max_peers: usize,
     /// Peers to stay connected to: top score, never given up, never banned.
     pub persistent_peers: Vec<NodeAddress>,
+    /// An outbound connection that closes sooner than this after it was admitted is
+    /// short-lived: from the second consecutive one on, its address is redialed with the
+    /// failure backoff (a peer that keeps hanging up, such as a seed node, is not redialed in a
+    /// loop). A connection that lasts longer resets the count. Default 30 s.
+    pub min_stable_connection: Duration,
     /// Seed of the RNG that draws backoff jitter.
     pub rng_seed: u64,
     /// Most addresses one peer may give us by gossip (PEX) in one network group (default 16;
@@ -461,6 +471,7 @@ impl Default for PeerManagerConfig {
             score_half_life: Duration::from_secs(3600),
             max_peers: 1024,
             persistent_peers: Vec::new(),
+            min_stable_connection: Duration::from_secs(30),
             rng_seed: 0,
             protocol_preference: vec![Protocol::QUIC, Protocol::MCONN],
             max_gossip_per_source_group: 16,
@@ -481,11 +492,22 @@ struct Addr {
     source: Option<NodeId>,
     /// A dial of it completed the handshake with the node ID it names.
     verified: bool,
+    /// Consecutive short-lived connections on it (see
+    /// [`PeerManagerConfig::min_stable_connection`]). Not persisted.
+    short_lived: u32,
 }
 
 impl Addr {
     fn from_source(address: NodeAddress, source: Option<NodeId>) -> Self {
-        Self { address, failures: 0, last_failure: None, retry_at: None, source, verified: false }
+        Self {
+            address,
+            failures: 0,
+            last_failure: None,
+            retry_at: None,
+            source,
+            verified: false,
+            short_lived: 0,
+        }
     }
 
     fn ready_at(&self) -> Timestamp {
@@ -504,6 +526,11 @@ struct Conn {
     evicting: bool,
     /// The address we dialed (outbound only).
     address: Option<NodeAddress>,
+    /// Set by [`PeerManager::hang_up`]: the address is not redialed sooner than this after the
+    /// connection closes.
+    redial_after: Option<Duration>,
+    /// When it was admitted.
+    since: Timestamp,
 }
 
 #[derive(Debug)]
@@ -1200,7 +1227,11 @@ impl PeerManager {
             if let Some(entry) = peer.address_mut(addr)
                 && (entry.failures > 0 || entry.retry_at.is_some() || !entry.verified)
             {
-                *entry = Addr { verified: true, ..Addr::from_source(addr.clone(), entry.source) };
+                *entry = Addr {
+                    verified: true,
+                    short_lived: entry.short_lived,
+                    ..Addr::from_source(addr.clone(), entry.source)
+                };
                 self.dirty.insert(id);
             }
         }
@@ -1306,6 +1337,8 @@ impl PeerManager {
             ready: false,
             evicting: false,
             address: address.cloned(),
+            redial_after: None,
+            since: now,
         });
         let active =
             (self.peers.values()).filter(|p| p.connection().is_some_and(|c| !c.evicting)).count();
@@ -1378,8 +1411,20 @@ impl PeerManager {
                 connection: conn,
             });
         }
+        let persistent = known.persistent;
         if let Some(entry) = old.address.as_ref().and_then(|a| known.address_mut(a)) {
-            entry.retry_at = Some(entry.ready_at().max(now + self.config.min_retry));
+            let mut wait = old.redial_after.unwrap_or_default().max(self.config.min_retry);
+            if now.saturating_sub(old.since) < self.config.min_stable_connection {
+                entry.short_lived = entry.short_lived.saturating_add(1);
+                if entry.short_lived >= 2 {
+                    let hold =
+                        backoff(&self.config, &mut self.rng, entry.short_lived - 1, persistent);
+                    wait = wait.max(hold);
+                }
+            } else {
+                entry.short_lived = 0;
+            }
+            entry.retry_at = Some(entry.ready_at().max(now + wait));
         }
         // An address-less (inbound-only) peer is remembered only while it is banned or
         // penalised, so a misbehaving peer cannot reconnect with a clean score.
@@ -1401,6 +1446,17 @@ impl PeerManager {
             }
         }
         None
+    }
+
+    /// Closes `peer`'s connection without blaming it ([`EvictReason::HungUp`]; its score is
+    /// unchanged), and redials the address it was dialed on no sooner than `redial_after` after
+    /// the close. Ignored unless the peer is connected.
+    pub fn hang_up(&mut self, peer: NodeId, redial_after: Duration, now: Timestamp) {
+        self.tick(now);
+        if let Some(Link::Connected(conn)) = self.peers.get_mut(&peer).map(|p| &mut p.link) {
+            conn.redial_after = Some(redial_after);
+        }
+        self.schedule_eviction(peer, EvictReason::HungUp);
     }
 
     /// Reports misbehaviour of `peer` (see [`Severity`]). Ignored for unknown peers.
@@ -1491,16 +1547,34 @@ impl PeerManager {
         exclude: NodeId,
         limit: usize,
     ) -> Vec<NodeAddress> {
+        self.shareable_addresses(now, exclude, limit, 1, |_| true)
+    }
+
+    /// Like [`known_addresses`](Self::known_addresses), but only addresses for which `keep` is
+    /// true, and up to `per_peer` of each peer's (fewest consecutive dial failures first, e.g.
+    /// its QUIC and its MConn address). At most `limit` addresses in all.
+    pub fn shareable_addresses(
+        &self,
+        now: Timestamp,
+        exclude: NodeId,
+        limit: usize,
+        per_peer: usize,
+        keep: impl Fn(&NodeAddress) -> bool,
+    ) -> Vec<NodeAddress> {
         let half_life = self.half_life();
-        let mut found: Vec<(f64, NodeId, &NodeAddress)> = (self.peers.iter())
+        let mut found: Vec<(f64, NodeId, Vec<&NodeAddress>)> = (self.peers.iter())
             .filter(|(id, p)| **id != exclude && p.ban_until(now).is_none())
             .filter_map(|(id, p)| {
-                let best = p.addresses.iter().min_by_key(|a| a.failures)?;
-                Some((p.score_at(now, half_life), *id, &best.address))
+                let mut mine: Vec<&Addr> =
+                    p.addresses.iter().filter(|a| keep(&a.address)).collect();
+                mine.sort_by_key(|a| a.failures);
+                let mine: Vec<&NodeAddress> =
+                    mine.into_iter().take(per_peer).map(|a| &a.address).collect();
+                (!mine.is_empty()).then(|| (p.score_at(now, half_life), *id, mine))
             })
             .collect();
         found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        found.into_iter().take(limit).map(|(_, _, address)| address.clone()).collect()
+        found.into_iter().flat_map(|(_, _, a)| a).take(limit).cloned().collect()
     }
 
     /// Number of peers with an admitted connection.

@@ -1121,3 +1121,75 @@ fn address_sources_and_verification_survive_a_restart() {
     let evil = v4(3, [203, 0, 113, 66], 26656);
     assert_eq!(pm.add_gossiped_address(evil, id(9), t(11)), Err(AddAddressError::Verified));
 }
+
+#[test]
+fn hang_up_keeps_the_score_and_holds_the_redial() {
+    let mut pm = manager(config());
+    pm.add_address(addr(1), t(0)).unwrap();
+    assert_eq!(pm.dial_next(t(0)), Some(addr(1)));
+    assert_eq!(pm.dialed(&addr(1), ConnectionId(1), t(0)), Ok(Admission::Accepted));
+    pm.ready(id(1), ConnectionId(1), t(0));
+    let before = pm.score(id(1), t(0));
+    pm.hang_up(id(1), Duration::from_secs(120), t(0));
+    assert_eq!(pm.score(id(1), t(0)), before);
+    assert_eq!(pm.evict_next().map(|e| e.reason), Some(EvictReason::HungUp));
+    pm.disconnected(id(1), ConnectionId(1), t(1000));
+    assert_eq!(pm.dial_next(t(1000)), None);
+    assert_eq!(pm.next_dial_at(), Some(t(121_000)));
+    assert_eq!(pm.dial_next(t(121_000)), Some(addr(1)));
+}
+
+#[test]
+fn hang_up_of_an_unconnected_peer_does_nothing() {
+    let mut pm = manager(config());
+    pm.add_address(addr(1), t(0)).unwrap();
+    pm.hang_up(id(1), Duration::from_secs(120), t(0));
+    assert_eq!(pm.evict_next(), None);
+    assert_eq!(pm.dial_next(t(0)), Some(addr(1)));
+}
+
+#[test]
+fn shareable_addresses_filter_and_take_several_per_peer() {
+    let mut pm = manager(config());
+    let mconn = addr_port(1, 26656);
+    let quic: NodeAddress = format!("quic://{}@127.0.0.1:26656", id(1)).parse().unwrap();
+    pm.add_address(mconn.clone(), t(0)).unwrap();
+    pm.add_address(quic.clone(), t(0)).unwrap();
+    pm.add_address(addr_port(2, 1), t(0)).unwrap();
+    let mut both = pm.shareable_addresses(t(0), id(9), 10, 4, |a| a.node_id() == id(1));
+    both.sort_by_key(ToString::to_string);
+    assert_eq!(both, vec![mconn.clone(), quic.clone()]);
+    let only_mconn =
+        pm.shareable_addresses(t(0), id(9), 10, 4, |a| *a.protocol() == Protocol::MCONN);
+    assert_eq!(only_mconn.len(), 2);
+    assert!(only_mconn.contains(&mconn));
+    assert_eq!(pm.shareable_addresses(t(0), id(9), 1, 4, |_| true).len(), 1);
+    assert!(pm.shareable_addresses(t(0), id(1), 10, 4, |a| a.node_id() == id(1)).is_empty());
+}
+
+#[test]
+fn short_lived_connections_back_off_from_the_second_one_and_a_stable_one_resets() {
+    let mut pm = manager(PeerManagerConfig { retry_jitter: 0.0, ..config() });
+    pm.add_address(addr(1), t(0)).unwrap();
+    let mut now = 0;
+    let mut conn = 0;
+    // Connects at `now`, closes `lasted` ms later; returns when the address is dialable again.
+    let mut cycle = |pm: &mut PeerManager, lasted: u64| {
+        conn += 1;
+        assert_eq!(pm.dial_next(t(now)), Some(addr(1)), "dialable at {now}");
+        assert_eq!(pm.dialed(&addr(1), ConnectionId(conn), t(now)), Ok(Admission::Accepted));
+        pm.ready(id(1), ConnectionId(conn), t(now));
+        now += lasted;
+        pm.disconnected(id(1), ConnectionId(conn), t(now));
+        let at = pm.next_dial_at().unwrap();
+        let wait = at.saturating_sub(t(now)).as_millis() as u64;
+        now = now.max(at.saturating_sub(t(0)).as_millis() as u64);
+        wait
+    };
+    assert_eq!(cycle(&mut pm, 2000), 250, "the first short-lived close is not held");
+    assert_eq!(cycle(&mut pm, 2000), 250, "second: backoff for 1 failure");
+    assert_eq!(cycle(&mut pm, 2000), 500);
+    assert_eq!(cycle(&mut pm, 2000), 1000);
+    assert_eq!(cycle(&mut pm, 60_000), 250, "a stable connection resets the count");
+    assert_eq!(cycle(&mut pm, 2000), 250);
+}

@@ -306,7 +306,7 @@ struct Counters {
 }
 
 /// Labels of [`EvictReason`]s, in the order of [`evict_reason_index`].
-const EVICT_REASONS: [&str; 4] = ["upgrade", "misbehaved", "banned", "replaced"];
+const EVICT_REASONS: [&str; 5] = ["upgrade", "misbehaved", "banned", "replaced", "hung_up"];
 
 fn evict_reason_index(reason: EvictReason) -> usize {
     match reason {
@@ -314,6 +314,7 @@ fn evict_reason_index(reason: EvictReason) -> usize {
         EvictReason::Misbehaved => 1,
         EvictReason::Banned => 2,
         EvictReason::Replaced => 3,
+        EvictReason::HungUp => 4,
     }
 }
 
@@ -332,6 +333,9 @@ impl Counters {
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
+
+/// Most confirmed external addresses a router keeps ([`Router::add_external_address`]).
+pub const MAX_EXTERNAL_ADDRESSES: usize = 16;
 
 /// Maximum number of channels (the NodeInfo limit).
 const MAX_CHANNELS: usize = 16;
@@ -409,9 +413,34 @@ impl PeerHandle {
     }
 
     /// Tells the peer task to disconnect now, discarding queued messages.
+    fn summary(&self) -> PeerSummary {
+        PeerSummary {
+            node_id: self.node_id,
+            direction: self.direction,
+            node_info: self.node_info.clone(),
+            endpoint: self.endpoint.clone(),
+            backlog: self.queue.backlog(),
+            sent_bytes: self.sent_bytes.load(Ordering::Relaxed),
+            received_bytes: self.received_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the connection once the messages already queued for the peer are sent.
+    fn hang_up(&self) {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(CloseReason::Normal);
+        self.queue.close(true);
+    }
+
     fn disconnect(&self, reason: CloseReason) {
         self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
         self.stop.notify_one();
+    }
+
+    fn has_close_reason(&self) -> bool {
+        self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     fn take_close_reason(&self) -> Option<CloseReason> {
@@ -464,6 +493,8 @@ pub(crate) struct Shared {
     protocol_counters: OnceLock<Vec<(Protocol, ProtocolCounters)>>,
     /// [`RouterConfig::resolver`], or the system resolver once a dial needed it.
     resolver: OnceLock<Resolver>,
+    /// Confirmed addresses of this node as others can dial it ([`Router::add_external_address`]).
+    external: Mutex<Vec<NodeAddress>>,
 }
 
 impl fmt::Debug for Shared {
@@ -618,6 +649,7 @@ impl Router {
             stopped: AtomicBool::new(false),
             shutdown,
             next_conn: AtomicU64::new(1),
+            external: Mutex::new(Vec::new()),
             counters: Counters::default(),
             protocol_counters: OnceLock::new(),
             resolver,
@@ -704,6 +736,51 @@ impl Router {
         self.shared.report(error);
     }
 
+    /// Closes the connection to `peer` without blaming it (its score is unchanged; QUIC peers
+    /// see a normal close), and redials its address no sooner than `redial_after` after the
+    /// close. Messages already queued for it are sent first when the connection can take them
+    /// before the close. Does nothing unless the peer is connected.
+    pub fn hang_up(&self, peer: NodeId, redial_after: Duration) {
+        debug!(%peer, "hanging up");
+        self.shared.with_pm(|pm, now| pm.hang_up(peer, redial_after, now));
+    }
+
+    /// Records a confirmed address of this node as others can dial it: from configuration
+    /// (an operator's external address), a UPnP gateway's mapping, or what enough peers observed.
+    /// Peer exchange advertises these (see [`crate::pex`]). Returns `false` if the address names
+    /// another node ID, is already known, or [`MAX_EXTERNAL_ADDRESSES`] are known.
+    pub fn add_external_address(&self, address: NodeAddress) -> bool {
+        if address.node_id() != self.shared.node_id {
+            return false;
+        }
+        let mut external = self.shared.external.lock().unwrap_or_else(PoisonError::into_inner);
+        if external.contains(&address) || external.len() >= MAX_EXTERNAL_ADDRESSES {
+            return false;
+        }
+        info!(%address, "external address confirmed");
+        external.push(address);
+        true
+    }
+
+    /// Forgets a confirmed address (e.g. a UPnP mapping that was removed).
+    pub fn remove_external_address(&self, address: &NodeAddress) {
+        self.shared
+            .external
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|a| a != address);
+    }
+
+    /// The confirmed addresses of this node (see [`add_external_address`](Self::add_external_address)).
+    pub fn external_addresses(&self) -> Vec<NodeAddress> {
+        self.shared.external.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The connected peer `peer`, if it is connected.
+    pub fn peer(&self, peer: NodeId) -> Option<PeerSummary> {
+        self.shared.peers.load().get(&peer).map(|p| p.summary())
+    }
+
     /// The endpoints the transports listen on.
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.shared
@@ -725,20 +802,7 @@ impl Router {
 
     /// Currently connected peers.
     pub fn connected_peers(&self) -> Vec<PeerSummary> {
-        self.shared
-            .peers
-            .load()
-            .values()
-            .map(|p| PeerSummary {
-                node_id: p.node_id,
-                direction: p.direction,
-                node_info: p.node_info.clone(),
-                endpoint: p.endpoint.clone(),
-                backlog: p.queue.backlog(),
-                sent_bytes: p.sent_bytes.load(Ordering::Relaxed),
-                received_bytes: p.received_bytes.load(Ordering::Relaxed),
-            })
-            .collect()
+        self.shared.peers.load().values().map(|p| p.summary()).collect()
     }
 
     /// A snapshot of the router's counters.
@@ -810,8 +874,11 @@ impl Router {
             let advertised = (endpoints.iter().find(|e| e.protocol == Protocol::MCONN))
                 .or_else(|| endpoints.first());
             if let Some(e) = advertised {
+                // Go reads a bare `host:port` as MConn; other transports carry their scheme.
                 info.listen_addr = match &e.addr {
-                    crate::address::EndpointAddr::Socket(a) => a.to_string(),
+                    crate::address::EndpointAddr::Socket(a) if e.protocol == Protocol::MCONN => {
+                        a.to_string()
+                    }
                     _ => e.to_string(),
                 };
             }
@@ -1134,47 +1201,92 @@ async fn race_connect(
 }
 
 /// Resolves `address` and connects a transport to it (no node handshake yet).
+///
+/// The lookup is bounded by [`RouterConfig::dial_timeout`]. A name with several addresses
+/// (IPv6 and IPv4, in the resolver's interleaved order) is raced happy-eyeballs style: the next
+/// endpoint is tried [`RouterConfig::fallback_delay`] after the previous one started, or as
+/// soon as it failed; each attempt is bounded by `dial_timeout`, and the first connection wins
+/// (the others are dropped). So an address family that silently drops packets costs one
+/// fallback delay, not a whole dial timeout.
 async fn connect(
     shared: &Arc<Shared>,
     address: &NodeAddress,
 ) -> Result<Box<dyn Connection>, DialError> {
-    let endpoints = resolve(shared, address).await?;
+    let timeout = shared.config.dial_timeout;
+    let endpoints =
+        tokio::time::timeout(timeout, resolve(shared, address)).await.map_err(|_| {
+            DialError::Resolve(format!("looking up {address} timed out after {timeout:?}"))
+        })??;
     let mut last = DialError::NoEndpoints;
+    let mut candidates: Vec<(Endpoint, Arc<dyn Transport>)> = Vec::new();
     for endpoint in endpoints {
         let transports = shared.transports_for(&endpoint.protocol);
         if transports.is_empty() {
             last = DialError::NoTransport(endpoint.protocol.clone());
+        }
+        candidates.extend(transports.iter().map(|t| (endpoint.clone(), t.clone())));
+    }
+    let mut pending = candidates.into_iter();
+    let mut attempts: JoinSet<Result<Box<dyn Connection>, DialError>> = JoinSet::new();
+    let mut next_at = tokio::time::Instant::now();
+    loop {
+        let start_next = attempts.is_empty() || tokio::time::Instant::now() >= next_at;
+        if start_next && let Some((endpoint, transport)) = pending.next() {
+            let s = shared.clone();
+            attempts.spawn(
+                async move { connect_endpoint(&s, endpoint, transport).await }.in_current_span(),
+            );
+            next_at = tokio::time::Instant::now() + shared.config.fallback_delay;
             continue;
         }
-        for transport in transports {
-            let connect = async {
-                let mut conn = transport.dial(&endpoint).await?;
-                match conn.establish().await {
-                    Ok(()) => Ok(Ok(conn)),
-                    Err(e) => {
-                        conn.close().await;
-                        Ok(Err(e))
-                    }
+        if attempts.is_empty() {
+            return Err(last);
+        }
+        let more = pending.len() > 0;
+        tokio::select! {
+            joined = attempts.join_next() => match joined {
+                Some(Ok(Ok(conn))) => return Ok(conn),
+                Some(Ok(Err(error))) => {
+                    debug!(%address, %error, "endpoint attempt failed");
+                    last = error;
+                    // The next endpoint starts at once.
+                    next_at = tokio::time::Instant::now();
                 }
-            };
-            let dialled = tokio::time::timeout(shared.config.dial_timeout, connect).await;
-            match dialled {
-                Ok(Ok(Ok(conn))) => return Ok(conn),
-                Ok(Ok(Err(source))) => {
-                    shared.counters.handshake_failed(&source);
-                    last = DialError::Handshake { endpoint: endpoint.clone(), source };
-                }
-                Ok(Err(TransportError::UnsupportedProtocol(p))) => {
-                    last = DialError::NoTransport(p);
-                }
-                Ok(Err(source)) => {
-                    last = DialError::Transport { endpoint: endpoint.clone(), source };
-                }
-                Err(_) => last = DialError::Timeout(endpoint.clone()),
-            }
+                Some(Err(e)) => last = DialError::Resolve(format!("dial attempt panicked: {e}")),
+                None => return Err(last),
+            },
+            _ = tokio::time::sleep_until(next_at), if more => {}
         }
     }
-    Err(last)
+}
+
+/// Dials one endpoint with one transport and establishes the connection, within the dial
+/// timeout.
+async fn connect_endpoint(
+    shared: &Shared,
+    endpoint: Endpoint,
+    transport: Arc<dyn Transport>,
+) -> Result<Box<dyn Connection>, DialError> {
+    let connect = async {
+        let mut conn = transport.dial(&endpoint).await?;
+        match conn.establish().await {
+            Ok(()) => Ok(Ok(conn)),
+            Err(e) => {
+                conn.close().await;
+                Ok(Err(e))
+            }
+        }
+    };
+    match tokio::time::timeout(shared.config.dial_timeout, connect).await {
+        Ok(Ok(Ok(conn))) => Ok(conn),
+        Ok(Ok(Err(source))) => {
+            shared.counters.handshake_failed(&source);
+            Err(DialError::Handshake { endpoint, source })
+        }
+        Ok(Err(TransportError::UnsupportedProtocol(p))) => Err(DialError::NoTransport(p)),
+        Ok(Err(source)) => Err(DialError::Transport { endpoint, source }),
+        Err(_) => Err(DialError::Timeout(endpoint)),
+    }
 }
 
 /// The endpoints of `address`: a DNS host is looked up now, with the configured resolver or the
@@ -1389,6 +1501,7 @@ async fn run_peer(shared: Arc<Shared>, conn: Arc<dyn Connection>, handle: Arc<Pe
     let mut reader = tokio::spawn(read_loop(shared.clone(), conn.clone(), handle.clone()));
     let reason: String = tokio::select! {
         r = write_loop(&shared, conn.as_ref(), &handle) => match r {
+            Ok(()) if handle.has_close_reason() => "hung up".into(),
             Ok(()) => "router stopping".into(),
             Err(e) => format!("send failed: {e}"),
         },
@@ -1583,12 +1696,17 @@ async fn evict_loop(shared: Arc<Shared>) {
                     EvictReason::Replaced => CloseReason::Replaced,
                     EvictReason::Misbehaved => CloseReason::Misbehaved(p.misbehaviour()),
                     EvictReason::Banned => CloseReason::Banned(p.misbehaviour()),
+                    EvictReason::HungUp => CloseReason::Normal,
                 };
                 if let Some(c) = shared.counters.evictions.get(evict_reason_index(e.reason)) {
                     bump(c);
                 }
                 info!(peer = %e.node_id, %reason, "evicting peer");
-                p.disconnect(reason);
+                if e.reason == EvictReason::HungUp {
+                    p.hang_up();
+                } else {
+                    p.disconnect(reason);
+                }
             }
         }
         tokio::select! {
