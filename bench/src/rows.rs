@@ -229,13 +229,10 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
             .with_queue_capacity(1024, 1024)
             .with_overflow(OverflowPolicy::Wait(T)),
     ];
-    // The receiving node runs on its own runtime (one worker), as it would in its own process:
-    // its tasks do not queue behind the sender's bulk work on the same workers.
-    let rt_b = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("qos-receiver")
-        .enable_all()
-        .build()?;
+    // The receiving node runs on its own runtime (one worker; the caller runs the sending node
+    // on another, see `rows`), as it would in its own process: its tasks do not queue behind
+    // the sender's bulk work on the same workers.
+    let rt_b = node_runtime()?;
     let mut a = node(kind, "qos-a", &descs).await?;
     let descs_b = descs.clone();
     let mut b = rt_b.spawn(async move { node(kind, "qos-b", &descs_b).await }).await??;
@@ -382,33 +379,39 @@ pub(crate) async fn slow_receiver(
     let (l_seen, l_task) = counting_reactor(take(&mut l.channels)?, SLOW_DELAY);
     let s_ch = take(&mut s.channels)?;
     let l_id = l.router.node_id();
-    // Set by the sender once L's queue at S is full (the with-slow steady state).
+    // Set once L's queue at S is full (the with-slow steady state).
     let (l_full_tx, mut l_full) = watch::channel(false);
     let stop = Arc::new(AtomicBool::new(false));
     // The sending reactor: one task, one broadcast per message, as a gossip reactor does.
     let sender = {
-        let (tx, stop, router) = (s_ch.sender(), stop.clone(), s.router.clone());
+        let (tx, stop) = (s_ch.sender(), stop.clone());
         tokio::spawn(async move {
             let payload = Bytes::from(vec![0x5a; SLOW_SIZE]);
-            let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let out = tx.send(Outbound::broadcast(Raw(payload.clone()))).await?;
                 if out.queued == 0 {
                     // Every queue was full (DropNewest): let the writers run.
                     tokio::task::yield_now().await;
                 }
-                i += 1;
-                if i.is_multiple_of(8) && !*l_full_tx.borrow() {
-                    let full = router
-                        .connected_peers()
-                        .iter()
-                        .any(|p| p.node_id == l_id && p.backlog.0 >= SLOW_QUEUE);
-                    if full {
-                        l_full_tx.send_replace(true);
-                    }
-                }
             }
             anyhow::Ok(())
+        })
+    };
+    // Watches S's queue for L (every 2 ms, measurement only): the sender itself cannot look
+    // while a `Wait` send is blocked on that very queue.
+    let watcher = {
+        let router = s.router.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            loop {
+                tick.tick().await;
+                let full = (router.connected_peers().iter())
+                    .any(|p| p.node_id == l_id && p.backlog.0 >= SLOW_QUEUE);
+                if full {
+                    l_full_tx.send_replace(true);
+                    return;
+                }
+            }
         })
     };
     let result = async {
@@ -436,6 +439,7 @@ pub(crate) async fn slow_receiver(
     tokio::join!(s.router.stop(), f.router.stop(), l.router.stop());
     f_task.abort();
     l_task.abort();
+    watcher.abort();
     let sample = result?;
     stopped.context("sender stuck")???;
     Ok(sample)
@@ -795,6 +799,12 @@ fn row(
     Row { id: id.into(), what: what.into(), run: Box::new(run) }
 }
 
+/// A runtime with one worker: a QoS row's sending node runs on one, its receiving node on
+/// another, as two single-core processes would.
+fn node_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?)
+}
+
 /// Every row of this module for profile `p`, in run order; rows with a Go end only if `go`
 /// (the Go peer is built): `qos.mconn-gg` and `idle-rss.go-mconn.<n>` (see [`crate::go`]).
 pub(crate) fn rows(p: &Profile, go: bool) -> Vec<Row> {
@@ -802,10 +812,14 @@ pub(crate) fn rows(p: &Profile, go: bool) -> Vec<Row> {
         row(
             "qos.mconn-rr",
             "MConn Rust<->Rust, router: 200 B probes beside 64 KiB bulk",
-            |rt, p| rt.block_on(qos(Kind::MConn, 64 << 10, p.qos_probes)).map(Measured::Qos),
+            |_, p| {
+                node_runtime()?
+                    .block_on(qos(Kind::MConn, 64 << 10, p.qos_probes))
+                    .map(Measured::Qos)
+            },
         ),
-        row("qos.quic-rr", "QUIC Rust<->Rust, router: 200 B probes beside 64 KiB bulk", |rt, p| {
-            rt.block_on(qos(Kind::Quic, 64 << 10, p.qos_probes)).map(Measured::Qos)
+        row("qos.quic-rr", "QUIC Rust<->Rust, router: 200 B probes beside 64 KiB bulk", |_, p| {
+            node_runtime()?.block_on(qos(Kind::Quic, 64 << 10, p.qos_probes)).map(Measured::Qos)
         }),
     ];
     if go {
