@@ -925,8 +925,9 @@ pub fn reported_address(info: &NodeInfo, remote_ip: Option<IpAddr>) -> Option<No
 /// Distinct peers that must report the same observed address before it is taken as ours.
 pub const OBSERVERS_TO_CONFIRM: usize = 2;
 
-/// Most observed addresses tracked at once (the least observed is dropped for a new one).
-const MAX_OBSERVED: usize = 16;
+/// Most observed addresses an [`ObservedAddresses`] tracks at once (the least observed is
+/// dropped for a new one).
+pub const MAX_OBSERVED: usize = 16;
 
 /// What peers report seeing us as (URL PEX `observed`), until enough distinct peers agree.
 ///
