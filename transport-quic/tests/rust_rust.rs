@@ -289,16 +289,22 @@ async fn close_flushes_what_was_sent() {
     let descs = [mempool_channel_descriptor(1 << 20), echo_channel_descriptor()];
     let (a, b, _, _) = raw_pair(&descs, &descs).await;
     const N: usize = 100;
-    for i in 0..N {
-        a.send(MEMPOOL_CHANNEL, vec![i as u8; 64 * 1024].into()).await.unwrap();
-    }
+    // 6.4 MiB: more than the windows and queues between the two ends hold, so the reader runs
+    // while the sender sends.
     let reader = tokio::spawn(async move {
         for i in 0..N {
             let (_, msg) = tokio::time::timeout(T, b.receive()).await.unwrap().unwrap();
             assert_eq!(msg, vec![i as u8; 64 * 1024]);
         }
-        assert!(matches!(b.receive().await, Err(p2p::ConnectionError::Closed)));
+        let end = tokio::time::timeout(T, b.receive()).await.unwrap();
+        assert!(matches!(end, Err(p2p::ConnectionError::Closed)), "{end:?}");
     });
+    for i in 0..N {
+        tokio::time::timeout(T, a.send(MEMPOOL_CHANNEL, vec![i as u8; 64 * 1024].into()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
     a.close().await;
     reader.await.unwrap();
     assert!(a.send(MEMPOOL_CHANNEL, vec![1].into()).await.is_err());
