@@ -159,6 +159,21 @@ impl Go {
     }
 }
 
+/// Waits for every Go sink's report; returns the reports and each process's peak RSS.
+fn finish_sinks(
+    sinks: Vec<Go>,
+    limit: Duration,
+) -> anyhow::Result<(Vec<SinkReport>, Vec<Option<f64>>)> {
+    let mut reports = Vec::with_capacity(sinks.len());
+    let mut go_rss = Vec::with_capacity(sinks.len());
+    for s in sinks {
+        let (r, rss) = s.finish_sink(limit)?;
+        reports.push(r);
+        go_rss.push(rss);
+    }
+    Ok((reports, go_rss))
+}
+
 /// The largest of some optional values.
 fn max_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
     values.into_iter().flatten().reduce(f64::max)
@@ -263,13 +278,7 @@ pub(crate) fn run_cell(
                 m
             });
             let rust_rss = peak_rss_mib(None);
-            let mut reports = Vec::with_capacity(sinks.len());
-            let mut go_rss = Vec::with_capacity(sinks.len());
-            for s in sinks {
-                let (r, rss) = s.finish_sink(limit)?;
-                reports.push(r);
-                go_rss.push(rss);
-            }
+            let (reports, go_rss) = finish_sinks(sinks, limit)?;
             let flood = flood.context("Rust flood")?;
             let sink_cpu = reports.iter().map(|r| r.measure.cpu_seconds).sum();
             let rss = (rust_rss, max_of(go_rss));
@@ -321,13 +330,7 @@ pub(crate) fn run_cell(
             }
             let dial = sinks.iter().map(|g| g.peer.p2p_address()).collect::<Vec<_>>().join(",");
             let flood = Go::start(&spec.go_config(GoPeerRole::Flood, Some(dial)))?;
-            let mut reports = Vec::with_capacity(sinks.len());
-            let mut go_rss = Vec::with_capacity(sinks.len());
-            for s in sinks {
-                let (r, rss) = s.finish_sink(limit)?;
-                reports.push(r);
-                go_rss.push(rss);
-            }
+            let (reports, go_rss) = finish_sinks(sinks, limit)?;
             let (f, f_rss) = flood.finish(limit)?;
             let sink_cpu = reports.iter().map(|r| r.measure.cpu_seconds).sum();
             let rss = (f_rss, max_of(go_rss));
