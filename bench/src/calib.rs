@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, ensure};
 use bytes::Bytes;
 use p2p::NodeKey;
-use p2p_transport_quic::{DUMMY_SERVER_NAME, QUIC_ALPN, QuicConfig, identity};
+use p2p_transport_quic::{DUMMY_SERVER_NAME, QUIC_ALPN, QuicConfig, QuicTransport, identity};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
@@ -177,7 +177,12 @@ fn raw_endpoint(key: &NodeKey) -> anyhow::Result<(quinn::Endpoint, quinn::Client
     let client_tls = QuicClientConfig::try_from(identity::client_config(key, QUIC_ALPN, None)?)?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
     client.transport_config(transport);
-    Ok((quinn::Endpoint::server(server, localhost())?, client))
+    // The transport's socket (buffers sized as `QuicTransport` sizes them).
+    let socket = QuicTransport::udp_socket(localhost(), &QuicConfig::default())?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
+    Ok((endpoint, client))
 }
 
 /// Raw quinn payload bytes per second: one unidirectional stream of 64 KiB chunks.

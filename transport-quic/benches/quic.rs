@@ -109,7 +109,13 @@ fn raw_endpoint(key: &NodeKey) -> (quinn::Endpoint, quinn::ClientConfig) {
         QuicClientConfig::try_from(identity::client_config(key, QUIC_ALPN, None).unwrap()).unwrap();
     let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
     client.transport_config(transport);
-    (quinn::Endpoint::server(server, localhost()).unwrap(), client)
+    // The transport's socket (buffers sized as `QuicTransport` sizes them).
+    let socket = QuicTransport::udp_socket(localhost(), &QuicConfig::default()).unwrap();
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+            .unwrap();
+    (endpoint, client)
 }
 
 /// The ceiling: raw quinn, one unidirectional stream, 64 KiB chunks.

@@ -1,14 +1,16 @@
 //! [`QuicTransport`]: one quinn endpoint (one UDP socket) that listens on and dials `quic://`
 //! endpoints.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use p2p::{Connection, Endpoint, EndpointAddr, NodeKey, Protocol, Transport, TransportError};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
+use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::sync::watch;
+use tracing::warn;
 
 use crate::conn::QuicConnection;
 use crate::{DUMMY_SERVER_NAME, QUIC_ALPN, QuicConfig, QuicError, identity};
@@ -41,9 +43,43 @@ impl QuicTransport {
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_tls));
         client_config.transport_config(transport);
-        let endpoint = quinn::Endpoint::server(server, addr)?;
+        let socket = Self::udp_socket(addr, &config)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         let local_addr = endpoint.local_addr()?;
         Ok(Self { endpoint, local_addr, client_config, config, closed: watch::channel(false).0 })
+    }
+
+    /// A non-blocking UDP socket bound to `addr`, with the send and receive buffers of
+    /// [`QuicConfig::socket_buffer`] requested: the socket [`QuicTransport::bind`] uses (for
+    /// raw quinn endpoints that should match it, such as benchmarks). A grant below the request
+    /// (the kernel caps it) is logged as a warning, not an error.
+    pub fn udp_socket(addr: SocketAddr, config: &QuicConfig) -> std::io::Result<UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProtocol::UDP))?;
+        let want = config.socket_buffer;
+        // Best effort: a refused size leaves the default, which the check below reports.
+        let _ = socket.set_recv_buffer_size(want);
+        let _ = socket.set_send_buffer_size(want);
+        // Linux reports twice the size it granted (the doubling covers its own bookkeeping).
+        let scale = if cfg!(target_os = "linux") { 2 } else { 1 };
+        let recv = socket.recv_buffer_size().unwrap_or(0) / scale;
+        let send = socket.send_buffer_size().unwrap_or(0) / scale;
+        if recv < want || send < want {
+            warn!(
+                wanted = want,
+                receive = recv,
+                send,
+                "UDP socket buffers smaller than requested (raise net.core.rmem_max and \
+                 net.core.wmem_max): bursts beyond them are dropped and wait for loss recovery"
+            );
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
     }
 
     /// The address the UDP socket is bound to.

@@ -177,10 +177,21 @@ async fn high_priority_message_is_not_stuck_behind_a_big_one() {
     let mut b = node_with("b", "chain", urgent, 8 << 20).await;
     connect(&mut a, &mut b).await;
     let to = b.addr.node_id();
+    // The urgent channel's stream is open before the bulk starts (its first message opens it).
+    a.echo.send(Outbound::to(to, Echo::Ping("warm-up".into()))).await.unwrap();
+    let env = tokio::time::timeout(T, b.echo.recv()).await.unwrap().unwrap();
+    assert_eq!(env.message, Echo::Ping("warm-up".into()));
+    // The first big message is handed over; the others queue behind it (on the same channel,
+    // so they cannot go before it is written) while the ping goes out. On one ordered stream
+    // the ping would arrive after the whole first message at least.
     const BIG: u64 = 3;
-    for i in 0..BIG {
-        send_tx(&a.txs.sender(), to, vec![i as u8; 4 << 20]).await;
-    }
+    send_tx(&a.txs.sender(), to, vec![0; 4 << 20]).await;
+    let txs = a.txs.sender();
+    let rest = tokio::spawn(async move {
+        for i in 1..BIG {
+            send_tx(&txs, to, vec![i as u8; 4 << 20]).await;
+        }
+    });
     a.echo.send(Outbound::to(to, Echo::Ping("urgent".into()))).await.unwrap();
     let env = tokio::time::timeout(T, b.echo.recv()).await.unwrap().unwrap();
     assert_eq!(env.message, Echo::Ping("urgent".into()));
@@ -190,6 +201,7 @@ async fn high_priority_message_is_not_stuck_behind_a_big_one() {
         let env = tokio::time::timeout(T, b.txs.recv()).await.unwrap().unwrap();
         assert_eq!(env.message.0[0], vec![i as u8; 4 << 20]);
     }
+    rest.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
