@@ -13,7 +13,7 @@
 //! of the last node it saw, and redials a node once with the node's own if they differ. Each
 //! visit is bounded by [`CrawlOptions::timeout`].
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,15 @@ pub struct CrawledNode {
     pub pex: String,
     /// Addresses in its answer.
     pub addresses_returned: usize,
+    /// Addresses of this node dialed, in the order heard of (start addresses, then addresses
+    /// learned before a visit succeeded; at most [`MAX_ADDRESSES_PER_NODE`]), up to the first
+    /// that worked.
+    pub addresses_tried: usize,
 }
+
+/// Most addresses of one node the crawl keeps and tries (a node may listen on several
+/// transports or interfaces, and peers may report stale ones).
+pub const MAX_ADDRESSES_PER_NODE: usize = 8;
 
 /// The result of a crawl.
 #[derive(Debug, Clone, Serialize)]
@@ -245,10 +253,15 @@ pub async fn crawl(
     let mut nodes: BTreeMap<NodeId, CrawledNode> = BTreeMap::new();
     let mut seen: HashSet<NodeId> = HashSet::new();
     let mut queue: VecDeque<(NodeAddress, Option<NodeId>)> = VecDeque::new();
+    // Further addresses of nodes already queued, tried in turn while the visits fail.
+    let mut more: HashMap<NodeId, Alternates> = HashMap::new();
     let mut skipped = 0;
     for a in &options.start {
         if seen.insert(a.node_id()) {
             queue.push_back((a.clone(), None));
+            more.insert(a.node_id(), Alternates::new(a.clone()));
+        } else if let Some(m) = more.get_mut(&a.node_id()) {
+            m.add(a.clone(), None);
         }
     }
     let mut running: JoinSet<(NodeAddress, Option<NodeId>, Result<Visit, VisitError>)> =
@@ -269,6 +282,15 @@ pub async fn crawl(
         counts.queued = queue.len();
         let Some(done) = running.join_next().await else { break };
         let Ok((address, from, result)) = done else { continue };
+        let visited = address.node_id();
+        if result.is_err()
+            && let Some((next, next_from)) = more.get_mut(&visited).and_then(Alternates::next)
+        {
+            // Another address of the same node: try it before reporting the node.
+            queue.push_back((next, next_from));
+            continue;
+        }
+        let tried = more.remove(&visited).map_or(1, |m| m.tried);
         counts.visited += 1;
         let mut node = CrawledNode {
             node_id: address.node_id().to_string(),
@@ -286,6 +308,7 @@ pub async fn crawl(
             listen_addr: String::new(),
             pex: "none".to_owned(),
             addresses_returned: 0,
+            addresses_tried: tried,
         };
         match result {
             Ok(v) => {
@@ -307,20 +330,23 @@ pub async fn crawl(
                     if id == me || !state.dialers.by_protocol.contains_key(learned.protocol()) {
                         continue;
                     }
-                    if seen.len() >= options.max_nodes {
-                        if !seen.contains(&id) {
-                            skipped += 1;
+                    if seen.contains(&id) {
+                        // Not visited yet (or being visited): another address to fall back on.
+                        if let Some(m) = more.get_mut(&id) {
+                            m.add(learned, Some(visited));
                         }
-                        continue;
-                    }
-                    if seen.insert(id) {
-                        queue.push_back((learned, Some(address.node_id())));
+                    } else if seen.len() >= options.max_nodes {
+                        skipped += 1;
+                    } else {
+                        seen.insert(id);
+                        more.insert(id, Alternates::new(learned.clone()));
+                        queue.push_back((learned, Some(visited)));
                     }
                 }
             }
             Err(e) => node.error = Some(e.to_string()),
         }
-        nodes.insert(address.node_id(), node);
+        nodes.insert(visited, node);
         counts.in_flight = running.len();
         counts.queued = queue.len();
         progress(counts);
@@ -330,6 +356,35 @@ pub async fn crawl(
         skipped,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The addresses of one node not visited yet (a visit is queued or running with another).
+struct Alternates {
+    /// Every address heard of (deduplicated, at most [`MAX_ADDRESSES_PER_NODE`]).
+    known: Vec<NodeAddress>,
+    /// Not tried yet, with who reported them.
+    untried: VecDeque<(NodeAddress, Option<NodeId>)>,
+    /// Addresses dialed so far.
+    tried: usize,
+}
+
+impl Alternates {
+    fn new(first: NodeAddress) -> Self {
+        Self { known: vec![first], untried: VecDeque::new(), tried: 1 }
+    }
+
+    fn add(&mut self, address: NodeAddress, from: Option<NodeId>) {
+        if self.known.len() < MAX_ADDRESSES_PER_NODE && !self.known.contains(&address) {
+            self.known.push(address.clone());
+            self.untried.push_back((address, from));
+        }
+    }
+
+    fn next(&mut self) -> Option<(NodeAddress, Option<NodeId>)> {
+        let next = self.untried.pop_front()?;
+        self.tried += 1;
+        Some(next)
+    }
 }
 
 /// Visits one node, bounded by the crawl's timeout; redials once with the node's network if

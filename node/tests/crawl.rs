@@ -112,6 +112,40 @@ async fn crawl_walks_quic_only_rust_nodes_by_url_pex() {
     }
 }
 
+/// A node heard of at several addresses is tried at each in turn until one works; one whose
+/// every address fails is reported once, with the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawl_tries_every_address_of_a_node() {
+    let node = Node::start(
+        NodeOptions::new(NodeKey::generate(), "crawl-rust")
+            .with_quic("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let live = node.addresses()[0].clone();
+    let at = |scheme: &str, port: u16| -> NodeAddress {
+        format!("{scheme}://{}@127.0.0.1:{port}", node.id()).parse().unwrap()
+    };
+    // Nothing listens on these ports: TCP is refused at once, the QUIC dial times out.
+    let (dead1, dead2) = (at("mconn", free_port().unwrap()), at("quic", free_port().unwrap()));
+    let mut options = CrawlOptions::new(vec![dead1.clone(), dead2.clone(), live.clone()]);
+    options.timeout = Duration::from_secs(2);
+    let report = crawl(options, |_| {}).await.unwrap();
+    assert_eq!(report.nodes.len(), 1, "{report:#?}");
+    let found = &report.nodes[0];
+    assert!(found.reachable, "{found:?}");
+    assert_eq!((found.addresses_tried, found.address.as_str()), (3, live.to_string().as_str()));
+
+    // Negative control: only dead addresses, so the node is unreachable after trying both.
+    let mut options = CrawlOptions::new(vec![dead1, dead2.clone()]);
+    options.timeout = Duration::from_secs(2);
+    let report = crawl(options, |_| {}).await.unwrap();
+    let found = &report.nodes[0];
+    assert!(!found.reachable && found.error.is_some(), "{found:?}");
+    assert_eq!((found.addresses_tried, found.address.as_str()), (2, dead2.to_string().as_str()));
+    node.stop().await;
+}
+
 #[test]
 fn crawl_of_nothing_reports_the_failure_and_exits_1() {
     let id = NodeKey::generate().node_id();
