@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use p2p::{Connection, NodeInfo, NodeKey, Transport};
-use p2p_interop_tests::{GoPeer, GoPeerConfig, GoPeerRole};
+use p2p_interop_tests::{GoPeer, GoPeerConfig, GoPeerRole, GoProgram};
 use p2p_transport_mconn::{MConnConfig, MConnTransport};
 use serde_json::Value;
 use tokio::runtime::Runtime;
@@ -53,9 +53,40 @@ pub(crate) enum GoPairing {
     GoGo,
 }
 
+/// Which Go network the Go ends speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GoNet {
+    /// comet-p2p (MConn): `gopeer`, CometBFT v0.38.25.
+    MConn,
+    /// lp2p (libp2p over QUIC): `golp2p`, CometBFT v0.40.0; the Rust end is the lp2p
+    /// transport.
+    Lp2p,
+}
+
+impl GoNet {
+    fn program(self) -> GoProgram {
+        match self {
+            Self::MConn => GoProgram::Gopeer,
+            Self::Lp2p => GoProgram::Golp2p,
+        }
+    }
+
+    async fn rust_peer(self, moniker: &str) -> anyhow::Result<RustPeer> {
+        match self {
+            Self::MConn => RustPeer::listen(CHAIN_ID, moniker).await,
+            Self::Lp2p => RustPeer::listen_lp2p(CHAIN_ID, moniker).await,
+        }
+    }
+}
+
 /// Whether the gopeer binary for the current sources exists (else why not).
 pub(crate) fn available() -> anyhow::Result<()> {
     GoPeer::binary_path().map(|_| ())
+}
+
+/// Whether the golp2p binary for the current sources exists (else why not).
+pub(crate) fn lp2p_available() -> anyhow::Result<()> {
+    GoPeer::program_path(GoProgram::Golp2p).map(|_| ())
 }
 
 /// A number field of a gopeer result line.
@@ -91,11 +122,13 @@ struct CellSpec {
     sink: SinkSpec,
     /// Sinks (broadcast: several; one flood sends every message to all).
     receivers: usize,
+    /// The Go network.
+    net: GoNet,
 }
 
 impl CellSpec {
     /// The spec of a matrix cell (`count` is per receiver; at least 1).
-    fn new(test: Test, size: usize, cc: usize, delay: Duration, count: u64) -> Self {
+    fn new(net: GoNet, test: Test, size: usize, cc: usize, delay: Duration, count: u64) -> Self {
         let (receivers, duration) = match test {
             Test::Drain => (1, None),
             Test::Timeframe(d) => (1, Some(d)),
@@ -105,8 +138,17 @@ impl CellSpec {
         let count = count.max(1);
         Self {
             flood: FloodSpec { size, count, concurrency: cc.max(1), duration, timeout },
-            sink: SinkSpec { size, count, concurrency: cc.max(1), delay, duration, timeout },
+            sink: SinkSpec {
+                size,
+                count,
+                concurrency: cc.max(1),
+                delay,
+                duration,
+                timeout,
+                ordered: net == GoNet::MConn,
+            },
             receivers,
+            net,
         }
     }
 
@@ -124,6 +166,7 @@ impl CellSpec {
             peers: if flood { self.receivers } else { 1 },
             // The Go process outlives our own limit a little, so ours reports first.
             timeout: self.sink.timeout + Duration::from_secs(10),
+            program: self.net.program(),
             ..GoPeerConfig::new(role, CHAIN_ID)
         }
     }
@@ -248,14 +291,14 @@ fn sample(spec: &CellSpec, ends: Ends) -> anyhow::Result<Sample> {
 /// send-timeframe).
 pub(crate) fn run_cell(
     rt: &Runtime,
-    pairing: GoPairing,
+    (net, pairing): (GoNet, GoPairing),
     test: Test,
     size: usize,
     cc: usize,
     delay: Duration,
     count: u64,
 ) -> anyhow::Result<Sample> {
-    let spec = CellSpec::new(test, size, cc, delay, count);
+    let spec = CellSpec::new(net, test, size, cc, delay, count);
     let limit = spec.sink.timeout + Duration::from_secs(15);
     match pairing {
         GoPairing::RustGo => {
@@ -265,8 +308,10 @@ pub(crate) fn run_cell(
             }
             let rss_reset = reset_peak_rss();
             let to: Vec<String> = sinks.iter().map(|g| g.peer.p2p_address()).collect();
-            let flood = rt.block_on(async {
-                let a = RustPeer::listen(CHAIN_ID, "rust-flood").await?;
+            // Bounded as a whole (dial and handshake included): a stuck end fails the cell
+            // instead of the run.
+            let flood = rt.block_on(bounded(limit, "the Rust flood", async {
+                let a = net.rust_peer("rust-flood").await?;
                 let mut conns: Vec<Arc<dyn Connection>> = Vec::with_capacity(to.len());
                 for addr in &to {
                     conns.push(Arc::from(a.dial(addr).await?));
@@ -276,7 +321,7 @@ pub(crate) fn run_cell(
                     c.close().await;
                 }
                 m
-            });
+            }));
             let rust_rss = peak_rss_mib(None);
             let (reports, go_rss) = finish_sinks(sinks, limit)?;
             let flood = flood.context("Rust flood")?;
@@ -289,14 +334,14 @@ pub(crate) fn run_cell(
             let peers = rt.block_on(async {
                 let mut peers = Vec::with_capacity(spec.receivers);
                 for _ in 0..spec.receivers {
-                    peers.push(RustPeer::listen(CHAIN_ID, "rust-sink").await?);
+                    peers.push(net.rust_peer("rust-sink").await?);
                 }
                 anyhow::Ok(peers)
             })?;
             let dial = peers.iter().map(RustPeer::address).collect::<Vec<_>>().join(",");
             let go = Go::start(&spec.go_config(GoPeerRole::Flood, Some(dial)))?;
             let cpu = cpu_seconds();
-            let sinks = rt.block_on(async {
+            let sinks = rt.block_on(bounded(limit, "the Rust sinks", async {
                 let mut set = JoinSet::new();
                 for p in peers {
                     let s = spec.sink;
@@ -310,7 +355,7 @@ pub(crate) fn run_cell(
                     reports.push(r.context("sink task")??);
                 }
                 anyhow::Ok(reports)
-            });
+            }));
             // One receiver: its own interval; several share this process, so the whole span.
             let span_cpu = cpu_seconds() - cpu;
             let rust_rss = peak_rss_mib(None);
@@ -340,6 +385,18 @@ pub(crate) fn run_cell(
     }
 }
 
+/// Awaits `f`, failing with `what` if it takes longer than `limit` (accepts and dials have no
+/// bound of their own).
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    f: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| anyhow!("{what} did not finish within {limit:?}"))?
+}
+
 /// The Go ↔ Go QoS row: a Go flood sends `probes` 200-byte probes, one per 5 ms, on channel
 /// 0x78 (priority 10) with no other traffic (idle phase), then floods `bulk_size`-byte
 /// messages on channel 0x77 (priority 5) as fast as it can and, once 200 of them are queued,
@@ -351,7 +408,44 @@ pub(crate) fn qos_gogo(
     bulk_size: usize,
     probes: usize,
 ) -> anyhow::Result<QosSample> {
+    qos_gogo_in(bulk_size, probes, PROBE_INTERVAL, None, None)
+}
+
+/// Where a Go ↔ Go QoS row's processes run: each listens on its host and is spawned by its
+/// spawner (a WAN lab namespace each).
+#[derive(Debug, Clone)]
+pub(crate) struct GoPlace {
+    /// The flood's (sender's) listen IP and spawner.
+    pub(crate) flood: (std::net::IpAddr, p2p_interop_tests::Spawner),
+    /// The sink's (receiver's) listen IP and spawner.
+    pub(crate) sink: (std::net::IpAddr, p2p_interop_tests::Spawner),
+}
+
+/// [`qos_gogo`] with probes every `interval`, placed by `place` (default: both on loopback).
+/// With a `settle`, the loaded phase starts once 2 bulk messages are queued and `settle` has
+/// passed (instead of once 200 are queued), as the Rust WAN rows do.
+pub(crate) fn qos_gogo_in(
+    bulk_size: usize,
+    probes: usize,
+    interval: Duration,
+    place: Option<GoPlace>,
+    settle: Option<Duration>,
+) -> anyhow::Result<QosSample> {
+    let settle_args: Vec<String> = match settle {
+        Some(d) => vec![
+            "--warm-bulk".to_owned(),
+            "2".to_owned(),
+            "--probe-settle".to_owned(),
+            format!("{}ms", d.as_millis()),
+        ],
+        None => Vec::new(),
+    };
     ensure!(probes > 0, "no probes");
+    let placed =
+        |c: GoPeerConfig, at: Option<&(std::net::IpAddr, p2p_interop_tests::Spawner)>| match at {
+            Some((ip, spawner)) => GoPeerConfig { host: *ip, spawner: Some(spawner.clone()), ..c },
+            None => c,
+        };
     let probe_args = |c: GoPeerConfig| GoPeerConfig {
         size: bulk_size,
         unlimited: true,
@@ -360,17 +454,26 @@ pub(crate) fn qos_gogo(
             "--probes".to_owned(),
             probes.to_string(),
             "--probe-interval".to_owned(),
-            format!("{}us", PROBE_INTERVAL.as_micros()),
+            format!("{}us", interval.as_micros()),
             "--probe-size".to_owned(),
             "200".to_owned(),
-        ],
+        ]
+        .into_iter()
+        .chain(settle_args.iter().cloned())
+        .collect(),
         ..c
     };
-    let mut sink = GoPeer::start(&probe_args(GoPeerConfig::new(GoPeerRole::Sink, CHAIN_ID)))?;
-    let mut flood = GoPeer::start(&probe_args(GoPeerConfig {
-        dial: Some(sink.p2p_address()),
-        ..GoPeerConfig::new(GoPeerRole::Flood, CHAIN_ID)
-    }))?;
+    let sink_at = place.as_ref().map(|p| &p.sink);
+    let flood_at = place.as_ref().map(|p| &p.flood);
+    let mut sink =
+        GoPeer::start(&placed(probe_args(GoPeerConfig::new(GoPeerRole::Sink, CHAIN_ID)), sink_at))?;
+    let mut flood = GoPeer::start(&placed(
+        probe_args(GoPeerConfig {
+            dial: Some(sink.p2p_address()),
+            ..GoPeerConfig::new(GoPeerRole::Flood, CHAIN_ID)
+        }),
+        flood_at,
+    ))?;
     let limit = CELL_TIMEOUT + Duration::from_secs(15);
     let r = sink.wait_result(limit).context("QoS sink")?;
     flood.wait_result(limit).context("QoS flood")?;
@@ -384,6 +487,7 @@ pub(crate) fn qos_gogo(
         idle_p99_ms: f("idle_p99_ms")?,
         loaded_p50_ms: f("loaded_p50_ms")?,
         loaded_p99_ms: f("loaded_p99_ms")?,
+        loaded_max_ms: None,
         bulk_mb_s: f("bulk_bytes")? / bulk_seconds / 1e6,
         probes,
     })

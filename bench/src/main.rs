@@ -36,6 +36,7 @@ mod rr;
 #[path = "../../interop-tests/benches/support/mod.rs"]
 mod support;
 mod sys;
+mod wan;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +47,7 @@ use clap::Parser;
 use serde::Serialize;
 
 use crate::calib::Volumes;
-use crate::go::GoPairing;
+use crate::go::{GoNet, GoPairing};
 use crate::rr::{Kind, Test};
 
 /// Bytes in a GiB.
@@ -78,6 +79,13 @@ struct Args {
     /// Skip the Go pairings even if the Go peer is built.
     #[arg(long)]
     no_go: bool,
+    /// Run the WAN rows instead (issue 13): each end in its own network namespace behind the
+    /// user-space link emulator (needs root). With `--quick`: the short CI version.
+    #[arg(long)]
+    wan: bool,
+    /// The WAN profiles to run, comma-separated (default: lan,continent,intercontinental,lossy).
+    #[arg(long, value_name = "PROFILES", requires = "wan")]
+    wan_profiles: Option<String>,
     /// Internal: run as the listening process of an idle-RSS row (`mconn`, `quic`, `memory`).
     #[arg(long, hide = true, value_name = "TRANSPORT")]
     idle_server: Option<String>,
@@ -106,6 +114,8 @@ pub(crate) struct Profile {
     pub(crate) drain_bytes: usize,
     /// Messages per cell with a receive delay.
     pub(crate) delay_count: usize,
+    /// Most messages per lp2p cell (one stream per message).
+    pub(crate) lp2p_messages: usize,
     /// Handshakes per connection-setup row.
     pub(crate) handshakes: usize,
     /// Messages in the router + memory row.
@@ -136,6 +146,7 @@ impl Profile {
             delays_ms: vec![0],
             drain_bytes: 256 << 20,
             delay_count: 100,
+            lp2p_messages: 16_384,
             handshakes: 1000,
             router_messages: 200_000,
             qos_probes: 300,
@@ -163,6 +174,7 @@ impl Profile {
             delays_ms: vec![0, 20],
             drain_bytes: 256 << 20,
             delay_count: 150,
+            lp2p_messages: 65_536,
             handshakes: 2000,
             router_messages: 400_000,
             qos_probes: 1000,
@@ -191,6 +203,9 @@ pub(crate) struct QosSample {
     pub(crate) loaded_p50_ms: f64,
     /// Probe one-way latency p99 while bulk traffic saturates the connection, ms.
     pub(crate) loaded_p99_ms: f64,
+    /// The slowest probe of the loaded phase, ms (Rust rows; the Go sink does not report it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) loaded_max_ms: Option<f64>,
     /// Bulk payload rate during the loaded phase, MB/s.
     pub(crate) bulk_mb_s: f64,
     /// Probes measured per phase.
@@ -252,17 +267,29 @@ pub(crate) enum Pairing {
     QuicRustRust,
     /// Memory transport, both ends Rust.
     MemoryRustRust,
+    /// CometBFT's lp2p (libp2p over QUIC), both ends Rust.
+    Lp2pRustRust,
+    /// lp2p, Rust flood → Go sink (`golp2p`, CometBFT v0.40.0's lp2p package).
+    Lp2pRustGo,
+    /// lp2p, Go flood → Rust sink.
+    Lp2pGoRust,
+    /// lp2p, both ends Go.
+    Lp2pGoGo,
 }
 
 impl Pairing {
     /// Run order within a repetition (A B C … A B C …).
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 10] = [
         Self::MConnRustRust,
         Self::MConnRustGo,
         Self::MConnGoRust,
         Self::MConnGoGo,
         Self::QuicRustRust,
         Self::MemoryRustRust,
+        Self::Lp2pRustRust,
+        Self::Lp2pRustGo,
+        Self::Lp2pGoRust,
+        Self::Lp2pGoGo,
     ];
 
     /// Short id used in row ids and `--only`.
@@ -274,6 +301,10 @@ impl Pairing {
             Self::MConnGoGo => "mconn-gg",
             Self::QuicRustRust => "quic-rr",
             Self::MemoryRustRust => "mem-rr",
+            Self::Lp2pRustRust => "lp2p-rr",
+            Self::Lp2pRustGo => "lp2p-rg",
+            Self::Lp2pGoRust => "lp2p-gr",
+            Self::Lp2pGoGo => "lp2p-gg",
         }
     }
 
@@ -286,15 +317,32 @@ impl Pairing {
             Self::MConnGoGo => "MConn Go->Go",
             Self::QuicRustRust => "QUIC Rust->Rust",
             Self::MemoryRustRust => "memory Rust->Rust",
+            Self::Lp2pRustRust => "lp2p Rust->Rust",
+            Self::Lp2pRustGo => "lp2p Rust->Go",
+            Self::Lp2pGoRust => "lp2p Go->Rust",
+            Self::Lp2pGoGo => "lp2p Go->Go",
         }
     }
 
     fn go(self) -> Option<GoPairing> {
         match self {
-            Self::MConnRustGo => Some(GoPairing::RustGo),
-            Self::MConnGoRust => Some(GoPairing::GoRust),
-            Self::MConnGoGo => Some(GoPairing::GoGo),
+            Self::MConnRustGo | Self::Lp2pRustGo => Some(GoPairing::RustGo),
+            Self::MConnGoRust | Self::Lp2pGoRust => Some(GoPairing::GoRust),
+            Self::MConnGoGo | Self::Lp2pGoGo => Some(GoPairing::GoGo),
             _ => None,
+        }
+    }
+
+    /// Whether the pairing is over lp2p.
+    fn is_lp2p(self) -> bool {
+        matches!(self, Self::Lp2pRustRust | Self::Lp2pRustGo | Self::Lp2pGoRust | Self::Lp2pGoGo)
+    }
+
+    /// The Go network of a pairing with Go ends.
+    fn go_net(self) -> GoNet {
+        match self {
+            Self::Lp2pRustGo | Self::Lp2pGoRust | Self::Lp2pGoGo => GoNet::Lp2p,
+            _ => GoNet::MConn,
         }
     }
 
@@ -303,6 +351,7 @@ impl Pairing {
             Self::MConnRustRust => Some(Kind::MConn),
             Self::QuicRustRust => Some(Kind::Quic),
             Self::MemoryRustRust => Some(Kind::Memory),
+            Self::Lp2pRustRust => Some(Kind::Lp2p),
             _ => None,
         }
     }
@@ -401,7 +450,7 @@ pub(crate) struct ExtraResult {
     pub(crate) error: Option<String>,
 }
 
-fn selected(only: Option<&[String]>, id: &str) -> bool {
+pub(crate) fn selected(only: Option<&[String]>, id: &str) -> bool {
     only.is_none_or(|terms| terms.iter().any(|t| id.contains(t.as_str())))
 }
 
@@ -430,6 +479,24 @@ fn run() -> anyhow::Result<ExitCode> {
         rows::idle_server(rows::parse_kind(kind)?)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if args.wan {
+        let profiles = match &args.wan_profiles {
+            Some(list) => list
+                .split(',')
+                .map(|p| p.trim().parse::<p2p_wanlab::Profile>())
+                .collect::<Result<Vec<_>, _>>()?,
+            None => p2p_wanlab::Profile::ALL.to_vec(),
+        };
+        let go =
+            !args.no_go && go::available().map_err(|e| eprintln!("Go rows skipped: {e:#}")).is_ok();
+        return wan::run(&wan::WanArgs {
+            quick: args.quick,
+            profiles,
+            only: args.only.as_ref().map(|o| o.split(',').map(|s| s.trim().to_owned()).collect()),
+            go,
+            json: args.json.clone(),
+        });
+    }
     let mut profile = if args.quick { Profile::quick() } else { Profile::full() };
     if let Some(r) = args.reps {
         profile.reps = r.max(1);
@@ -440,6 +507,11 @@ fn run() -> anyhow::Result<ExitCode> {
     let go_status = if args.no_go { Err(anyhow::anyhow!("--no-go")) } else { go::available() };
     if let Err(e) = &go_status {
         eprintln!("Go pairings skipped: {e:#}");
+    }
+    let lp2p_go_status =
+        if args.no_go { Err(anyhow::anyhow!("--no-go")) } else { go::lp2p_available() };
+    if let Err(e) = &lp2p_go_status {
+        eprintln!("Go lp2p pairings skipped: {e:#}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let started = Instant::now();
@@ -466,7 +538,11 @@ fn run() -> anyhow::Result<ExitCode> {
                                 && (!matches!(size, 1024 | 65536)
                                     || (test == TestType::Timeframe && delay_ms != 0))
                         };
-                        if pairing.go().is_some() && (go_skipped || go_status.is_err()) {
+                        let status = match pairing.go_net() {
+                            GoNet::MConn => &go_status,
+                            GoNet::Lp2p => &lp2p_go_status,
+                        };
+                        if pairing.go().is_some() && (go_skipped || status.is_err()) {
                             continue;
                         }
                         if test == TestType::Broadcast && cc != 1 {
@@ -479,6 +555,14 @@ fn run() -> anyhow::Result<ExitCode> {
                         };
                         let count = if test == TestType::Broadcast && delay_ms == 0 {
                             (count / profile.broadcast_receivers.max(1)).max(1)
+                        } else {
+                            count
+                        };
+                        // lp2p moves one stream per message: Go's lp2p manages a few thousand
+                        // small messages a second, so its cells (and, for the same volume, the
+                        // Rust lp2p ones) send at most `lp2p_messages`.
+                        let count = if pairing.is_lp2p() && delay_ms == 0 && count > 0 {
+                            count.min(profile.lp2p_messages)
                         } else {
                             count
                         };
@@ -552,9 +636,15 @@ fn run() -> anyhow::Result<ExitCode> {
                 (Some(kind), _) => {
                     rt.block_on(rr::run_cell(kind, test, spec.size, spec.cc, delay, spec.count))
                 }
-                (None, Some(g)) => {
-                    go::run_cell(&rt, g, test, spec.size, spec.cc, delay, spec.count as u64)
-                }
+                (None, Some(g)) => go::run_cell(
+                    &rt,
+                    (spec.pairing.go_net(), g),
+                    test,
+                    spec.size,
+                    spec.cc,
+                    delay,
+                    spec.count as u64,
+                ),
                 (None, None) => Err(anyhow::anyhow!("pairing without ends")),
             };
             match result {

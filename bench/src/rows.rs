@@ -23,6 +23,7 @@
 //!   process's, whose heap carries the earlier cells' allocations).
 
 use std::io::{BufRead, Write as _};
+use std::net::IpAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,6 +55,8 @@ const BULK: ChannelId = ChannelId(0x70);
 const PROBE: ChannelId = ChannelId(0x71);
 /// The one channel of the slow-receiver rows.
 const DATA: ChannelId = ChannelId(0x72);
+/// Where the loopback rows listen.
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 /// Probe size on the wire (the `Bytes` wrapper adds 3 bytes of protobuf framing).
 const PROBE_SIZE: usize = 200;
 /// Time between two probes.
@@ -74,7 +77,7 @@ const FD_MARGIN: u64 = 256;
 
 /// Opaque bytes as a channel message (the wire form is a protobuf `BytesValue`).
 #[derive(Debug, Clone)]
-struct Raw(Bytes);
+pub(crate) struct Raw(Bytes);
 
 impl Wrapper for Raw {
     type Proto = Bytes;
@@ -100,9 +103,13 @@ fn field(b: &[u8], at: usize) -> anyhow::Result<u64> {
     Ok(u64::from_be_bytes(s.try_into()?))
 }
 
-/// A bound transport and the endpoint it listens on.
-async fn listening(kind: Kind, key: &NodeKey) -> anyhow::Result<(Arc<dyn Transport>, Endpoint)> {
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+/// A bound transport (on `ip`, any port) and the endpoint it listens on.
+async fn listening(
+    kind: Kind,
+    key: &NodeKey,
+    ip: IpAddr,
+) -> anyhow::Result<(Arc<dyn Transport>, Endpoint)> {
+    let any = std::net::SocketAddr::new(ip, 0);
     Ok(match kind {
         Kind::MConn => {
             let t = MConnTransport::bind(any, MConnConfig::default()).await?;
@@ -114,25 +121,53 @@ async fn listening(kind: Kind, key: &NodeKey) -> anyhow::Result<(Arc<dyn Transpo
             let at = Endpoint::socket(Protocol::QUIC, t.local_addr());
             (Arc::new(t), at)
         }
-        Kind::Memory => bail!("router rows run over MConn or QUIC"),
+        Kind::Lp2p => {
+            let t = p2p_transport_lp2p::Lp2pTransport::bind(
+                any,
+                key,
+                p2p_quic_endpoint::EndpointConfig::default(),
+                crate::rr::lp2p_config(),
+            )?;
+            let at = Endpoint::socket(Protocol::LP2P, t.local_addr());
+            (Arc::new(t), at)
+        }
+        Kind::Memory => bail!("router rows run over MConn, QUIC or lp2p"),
     })
 }
 
 /// A started router with its channels.
-struct Node {
-    router: Arc<Router>,
-    updates: PeerUpdates,
-    addr: NodeAddress,
+pub(crate) struct Node {
+    pub(crate) router: Arc<Router>,
+    pub(crate) updates: PeerUpdates,
+    pub(crate) addr: NodeAddress,
     channels: Vec<p2p::Channel<Raw>>,
 }
 
 async fn node(kind: Kind, moniker: &str, descs: &[ChannelDescriptor]) -> anyhow::Result<Node> {
+    node_on(kind, moniker, descs, LOOPBACK).await
+}
+
+/// [`node`], listening on `ip`.
+pub(crate) async fn node_on(
+    kind: Kind,
+    moniker: &str,
+    descs: &[ChannelDescriptor],
+    ip: IpAddr,
+) -> anyhow::Result<Node> {
     let key = NodeKey::generate();
     let id = key.node_id();
-    let (transport, at) = listening(kind, &key).await?;
+    let (transport, at) = listening(kind, &key, ip).await?;
     let EndpointAddr::Socket(socket) = at.addr else { bail!("not a socket endpoint") };
-    let scheme = if kind == Kind::Quic { "quic" } else { "mconn" };
-    let addr: NodeAddress = format!("{scheme}://{id}@{socket}").parse()?;
+    let addr: NodeAddress = match kind {
+        Kind::Lp2p => NodeAddress::new_with_key(
+            Protocol::LP2P,
+            key.public_key(),
+            p2p::Host::Ip(socket.ip()),
+            socket.port(),
+        ),
+        Kind::Quic => format!("quic://{id}@{socket}").parse()?,
+        _ => format!("mconn://{id}@{socket}").parse()?,
+    };
     let info = NodeInfo::new(id, "p2p-bench", moniker, Vec::<ChannelId>::new());
     let router =
         Router::new(key, info, RouterConfig::default(), PeerManagerConfig::default(), None)?;
@@ -147,7 +182,7 @@ async fn node(kind: Kind, moniker: &str, descs: &[ChannelDescriptor]) -> anyhow:
 }
 
 /// Waits for `peer` to come up in `updates`.
-async fn wait_up(updates: &mut PeerUpdates, peer: NodeId) -> anyhow::Result<()> {
+pub(crate) async fn wait_up(updates: &mut PeerUpdates, peer: NodeId) -> anyhow::Result<()> {
     let wait = async {
         loop {
             let u = updates.recv().await?;
@@ -177,8 +212,10 @@ fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
     sorted.get(rank).map_or(f64::NAN, |us| *us as f64 / 1e3)
 }
 
-/// Sends probes `first..first + count`, one per [`PROBE_INTERVAL`], and collects their
-/// latencies (µs, sorted) from `delivered`; they must arrive complete and in order.
+/// Sends probes `first..first + count`, one per `interval`, and collects their latencies
+/// (µs, sorted) from `delivered`; they must arrive complete and in order. A probe may take up
+/// to 30 s or 6000 intervals (60 s at the WAN rows' 10 ms: MConn's TCP send buffer alone holds
+/// tens of seconds of bulk on a lossy long link).
 async fn probe_phase(
     tx: &p2p::router::ChannelSender<Raw>,
     to: NodeId,
@@ -186,11 +223,12 @@ async fn probe_phase(
     base: Instant,
     first: u64,
     count: usize,
+    interval: Duration,
 ) -> anyhow::Result<Vec<u64>> {
     let tx = tx.clone();
     let sender = tokio::spawn(async move {
         // Pacing: this interval generates the load; nothing waits on it for a result.
-        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for seq in first..first + count as u64 {
             tick.tick().await;
@@ -201,7 +239,7 @@ async fn probe_phase(
     });
     let mut lat = Vec::with_capacity(count);
     for seq in first..first + count as u64 {
-        let (got, us) = tokio::time::timeout(T, delivered.recv())
+        let (got, us) = tokio::time::timeout(T.max(interval * 6000), delivered.recv())
             .await
             .context("probe not delivered")?
             .ok_or_else(|| anyhow!("probe receiver ended"))?;
@@ -216,7 +254,45 @@ async fn probe_phase(
 /// One QoS measurement through two routers (see the module docs): `probes` probes idle, then
 /// `probes` probes while `bulk_size` messages flood the bulk channel of the same connection.
 pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::Result<QosSample> {
+    // The receiving node runs on its own runtime (one worker; the caller runs the sending node
+    // on another, see `rows`), as it would in its own process: its tasks do not queue behind
+    // the sender's bulk work on the same workers.
+    let place = QosPlace {
+        ip_a: LOOPBACK,
+        ip_b: LOOPBACK,
+        rt_b: node_runtime()?,
+        interval: PROBE_INTERVAL,
+        settle: Duration::ZERO,
+    };
+    qos_in(kind, bulk_size, probes, place).await
+}
+
+/// Where and how a QoS measurement runs: the sending node (A) on the caller's runtime,
+/// listening on `ip_a`; the receiving node (B) on `rt_b`, listening on `ip_b`.
+pub(crate) struct QosPlace {
+    /// A's listen address.
+    pub(crate) ip_a: IpAddr,
+    /// B's listen address.
+    pub(crate) ip_b: IpAddr,
+    /// B's runtime (shut down at the end).
+    pub(crate) rt_b: tokio::runtime::Runtime,
+    /// Time between two probes.
+    pub(crate) interval: Duration,
+    /// How long the flood runs after its first bytes arrive before the loaded probes start
+    /// (past slow start on a long link; zero on loopback). A settle period, the measurement's
+    /// definition of "loaded", not a wait for an event.
+    pub(crate) settle: Duration,
+}
+
+/// [`qos`] placed by `place` (e.g. in two WAN lab namespaces).
+pub(crate) async fn qos_in(
+    kind: Kind,
+    bulk_size: usize,
+    probes: usize,
+    place: QosPlace,
+) -> anyhow::Result<QosSample> {
     ensure!(probes > 0, "no probes");
+    let QosPlace { ip_a, ip_b, rt_b, interval, settle } = place;
     let descs = [
         ChannelDescriptor::new(BULK)
             .with_priority(1)
@@ -229,13 +305,9 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
             .with_queue_capacity(1024, 1024)
             .with_overflow(OverflowPolicy::Wait(T)),
     ];
-    // The receiving node runs on its own runtime (one worker; the caller runs the sending node
-    // on another, see `rows`), as it would in its own process: its tasks do not queue behind
-    // the sender's bulk work on the same workers.
-    let rt_b = node_runtime()?;
-    let mut a = node(kind, "qos-a", &descs).await?;
+    let mut a = node_on(kind, "qos-a", &descs, ip_a).await?;
     let descs_b = descs.clone();
-    let mut b = rt_b.spawn(async move { node(kind, "qos-b", &descs_b).await }).await??;
+    let mut b = rt_b.spawn(async move { node_on(kind, "qos-b", &descs_b, ip_b).await }).await??;
     connect(&mut a, &mut b).await?;
     let to = b.router.node_id();
     let base = Instant::now();
@@ -263,7 +335,7 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
     });
     let probe_tx = a_probe.sender();
     let result = async {
-        let idle = probe_phase(&probe_tx, to, &mut delivered, base, 0, probes).await?;
+        let idle = probe_phase(&probe_tx, to, &mut delivered, base, 0, probes, interval).await?;
         // Loaded: one task floods bulk messages; probes start once bulk is arriving.
         let stop = Arc::new(AtomicBool::new(false));
         let flood = {
@@ -280,9 +352,13 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
         tokio::time::timeout(T, seen.wait_for(|&n| n >= 2 * bulk_size as u64))
             .await
             .context("no bulk traffic")??;
+        if !settle.is_zero() {
+            tokio::time::sleep(settle).await;
+        }
         let (t0, b0) = (Instant::now(), *bulk_seen.borrow());
         let loaded =
-            probe_phase(&probe_tx, to, &mut delivered, base, probes as u64, probes).await?;
+            probe_phase(&probe_tx, to, &mut delivered, base, probes as u64, probes, interval)
+                .await?;
         let (secs, b1) = (t0.elapsed().as_secs_f64(), *bulk_seen.borrow());
         stop.store(true, Ordering::Relaxed);
         tokio::time::timeout(T, flood).await.context("bulk sender stuck")???;
@@ -291,6 +367,7 @@ pub(crate) async fn qos(kind: Kind, bulk_size: usize, probes: usize) -> anyhow::
             idle_p99_ms: quantile_ms(&idle, 0.99),
             loaded_p50_ms: quantile_ms(&loaded, 0.50),
             loaded_p99_ms: quantile_ms(&loaded, 0.99),
+            loaded_max_ms: loaded.last().map(|us| *us as f64 / 1e3),
             bulk_mb_s: (b1 - b0) as f64 / secs / 1e6,
             probes,
         })
@@ -473,6 +550,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::MConn => "mconn",
         Kind::Quic => "quic",
         Kind::Memory => "memory",
+        Kind::Lp2p => "lp2p",
     }
 }
 
@@ -482,6 +560,7 @@ pub(crate) fn parse_kind(s: &str) -> anyhow::Result<Kind> {
         "mconn" => Ok(Kind::MConn),
         "quic" => Ok(Kind::Quic),
         "memory" => Ok(Kind::Memory),
+        "lp2p" => Ok(Kind::Lp2p),
         other => bail!("unknown transport {other:?}"),
     }
 }
@@ -587,7 +666,7 @@ pub(crate) fn idle_server(kind: Kind) -> anyhow::Result<()> {
             while lines.recv().await.is_some() {}
             return Ok(());
         }
-        let (transport, at) = listening(kind, &key).await?;
+        let (transport, at) = listening(kind, &key, LOOPBACK).await?;
         let EndpointAddr::Socket(addr) = at.addr else { bail!("not a socket endpoint") };
         event(&serde_json::json!({"event": "listening", "addr": addr.to_string()}))?;
         let (done_tx, mut done) = mpsc::channel::<anyhow::Result<Box<dyn Connection>>>(64);
@@ -820,6 +899,9 @@ pub(crate) fn rows(p: &Profile, go: bool) -> Vec<Row> {
         ),
         row("qos.quic-rr", "QUIC Rust<->Rust, router: 200 B probes beside 64 KiB bulk", |_, p| {
             node_runtime()?.block_on(qos(Kind::Quic, 64 << 10, p.qos_probes)).map(Measured::Qos)
+        }),
+        row("qos.lp2p-rr", "lp2p Rust<->Rust, router: 200 B probes beside 64 KiB bulk", |_, p| {
+            node_runtime()?.block_on(qos(Kind::Lp2p, 64 << 10, p.qos_probes)).map(Measured::Qos)
         }),
     ];
     if go {

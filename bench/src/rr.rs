@@ -45,6 +45,33 @@ pub(crate) enum Kind {
     Quic,
     /// `MemoryTransport` on one `MemoryNetwork` (default buffers).
     Memory,
+    /// `Lp2pTransport`, default `Lp2pConfig` without greeting or ping (CometBFT's lp2p: one
+    /// stream per message).
+    Lp2p,
+}
+
+impl Kind {
+    /// Whether messages of one channel arrive in the order sent (lp2p: not).
+    fn ordered(self) -> bool {
+        self != Self::Lp2p
+    }
+}
+
+/// The lp2p settings of the bench: defaults, no greeting (no Go peer to provision us), no ping.
+pub(crate) fn lp2p_config() -> p2p_transport_lp2p::Lp2pConfig {
+    let mut c = p2p_transport_lp2p::Lp2pConfig::default();
+    c.greeting = None;
+    c.ping_on_connect = false;
+    c
+}
+
+fn lp2p(key: &NodeKey) -> anyhow::Result<p2p_transport_lp2p::Lp2pTransport> {
+    Ok(p2p_transport_lp2p::Lp2pTransport::bind(
+        localhost(),
+        key,
+        p2p_quic_endpoint::EndpointConfig::default(),
+        lp2p_config(),
+    )?)
 }
 
 fn localhost() -> SocketAddr {
@@ -109,6 +136,11 @@ async fn pair(kind: Kind) -> anyhow::Result<Pair> {
             let d = net.transport(ka.node_id())?;
             let l = net.transport(kb.node_id())?;
             let to = l.endpoint();
+            (Box::new(d), Box::new(l), to)
+        }
+        Kind::Lp2p => {
+            let (d, l) = (lp2p(&ka)?, lp2p(&kb)?);
+            let to = Endpoint::socket(Protocol::LP2P, l.local_addr());
             (Box::new(d), Box::new(l), to)
         }
     };
@@ -240,7 +272,7 @@ pub(crate) async fn run_cell(
     let deadline = timeframe.map(|t| tokio::time::Instant::now() + t);
     let mut sinks = JoinSet::new();
     for p in &pairs {
-        let ordered = cc == 1 && timeframe.is_none();
+        let ordered = kind.ordered() && cc == 1 && timeframe.is_none();
         sinks.spawn(receive_loop(p.b.clone(), size, ordered, delay, count, deadline, base));
     }
     let mut senders = JoinSet::new();
@@ -343,6 +375,11 @@ pub(crate) async fn handshakes(
             let d = QuicTransport::bind(localhost(), &ka, QuicConfig::default())?;
             let l = QuicTransport::bind(localhost(), &kb, QuicConfig::default())?;
             let to = Endpoint::socket(Protocol::QUIC, l.local_addr());
+            (Arc::new(d), Arc::new(l), to)
+        }
+        Kind::Lp2p => {
+            let (d, l) = (lp2p(&ka)?, lp2p(&kb)?);
+            let to = Endpoint::socket(Protocol::LP2P, l.local_addr());
             (Arc::new(d), Arc::new(l), to)
         }
         Kind::Memory => anyhow::bail!("no handshake row for the memory transport"),

@@ -2,7 +2,10 @@ module github.com/p2p-interop-tests/gopeer
 
 go 1.22.11
 
-require github.com/cometbft/cometbft v0.38.25
+require (
+	github.com/cometbft/cometbft v0.38.25
+	github.com/p2p-interop-tests/gocommon v0.0.0
+)
 
 require (
 	github.com/DataDog/zstd v1.4.5 // indirect
@@ -58,3 +61,5 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20241202173237-19429a94021a // indirect
 	google.golang.org/protobuf v1.36.5 // indirect
 )
+
+replace github.com/p2p-interop-tests/gocommon => ../gocommon

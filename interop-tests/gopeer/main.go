@@ -38,7 +38,8 @@
 // QoS (--probes P on both ends, --role flood/sink): the flood sends P probes on the probe
 // channel every --probe-interval with no other traffic (the idle phase), then starts one
 // goroutine flooding --size messages on the data channel as fast as it can, and once that has
-// queued 200 of them sends P more probes at the same interval (the loaded phase); then it
+// queued --warm-bulk of them (default 200) and a further --probe-settle has passed (default 0;
+// a long link's slow start) sends P more probes at the same interval (the loaded phase); then it
 // stops the bulk, sends "end" and waits for the ack. A probe is a --probe-size message whose
 // transaction is sequence number, send time and a phase byte (0 idle, 1 loaded). The sink
 // acknowledges when "end" and all 2P probes have arrived, and reports probe latency per phase
@@ -65,23 +66,20 @@
 // exits 1. Diagnostics go to standard error; the line "gopeer: exchange complete" there
 // separates the exchange from the teardown (whichever side closes first, the other's Switch
 // logs the EOF as an error).
+//
+// The parts shared with golp2p (the transaction layout and the Txs wrapper's size, the sink's
+// sequence checks and counters, quantiles, CPU time, the JSON lines, the shared flags, the
+// flood's senders and the acknowledgements) are in interop-tests/gocommon.
 package main
 
 import (
 	"bytes"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"os"
-	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cometbft/cometbft/config"
@@ -91,20 +89,11 @@ import (
 	"github.com/cometbft/cometbft/p2p/conn"
 	mempl "github.com/cometbft/cometbft/proto/tendermint/mempool"
 	"github.com/cometbft/cometbft/version"
+	"github.com/p2p-interop-tests/gocommon"
 )
 
-// headerLen is the length of the sequence number and send time at the start of every data
-// transaction and probe.
-const headerLen = 16
-
-// warmBulk is how many bulk messages the QoS flood queues before its loaded phase begins.
-const warmBulk = 200
-
-// ackTx is the transaction the sink sends back when it is done.
-var ackTx = []byte("ack")
-
-// endTx is the transaction the flood sends after its last message (timeframe and QoS).
-var endTx = []byte("end")
+// fill is the filler multiplier of our transactions (gocommon.NewTx).
+const fill = 1
 
 // completeLine goes to stderr when the exchange is complete (sink: it is about to
 // acknowledge; flood: the last acknowledgement arrived), so it precedes anything logged about
@@ -112,200 +101,73 @@ var endTx = []byte("end")
 const completeLine = "gopeer: exchange complete"
 
 type options struct {
-	listen        string
-	dial          []string
-	chainID       string
-	moniker       string
-	role          string
-	channel       byte
+	gocommon.Flags
+
 	probeChannel  byte
-	size          int
-	count         int64
-	concurrency   int
-	recvDelay     time.Duration
-	duration      time.Duration
-	peers         int
 	probes        int
 	probeInterval time.Duration
 	probeSize     int
+	warmBulk      int64
+	probeSettle   time.Duration
 	maxInbound    int
 	unlimited     bool
 	maxPacket     int
 	flushTimeout  time.Duration
-	nodeKey       string
-	printID       bool
-	timeout       time.Duration
-	verbose       bool
-}
-
-func parseChannel(name, v string) (byte, error) {
-	ch, err := strconv.ParseUint(v, 0, 8)
-	if err != nil {
-		return 0, fmt.Errorf("--%s %q: %w", name, v, err)
-	}
-	return byte(ch), nil
 }
 
 func parseFlags() (*options, error) {
 	o := &options{}
-	var channel, probeChannel, dial string
-	flag.StringVar(&o.listen, "listen", "", "listen address host:port (required unless --print-id)")
-	flag.StringVar(&dial, "dial", "", "peers to dial: <id>@host:port, comma-separated (optional)")
-	flag.StringVar(&o.chainID, "chain-id", "gopeer-chain", "network (chain ID) in our NodeInfo")
-	flag.StringVar(&o.moniker, "moniker", "gopeer", "moniker in our NodeInfo")
-	flag.StringVar(&o.role, "role", "sink", "flood, sink or idle")
-	flag.StringVar(&channel, "channel", "0x77", "data channel ID (decimal or 0x-hex)")
+	var probeChannel string
+	o.Register(flag.CommandLine, "gopeer", gocommon.Usage{
+		Listen:      "listen address host:port (required unless --print-id)",
+		Dial:        "peers to dial: <id>@host:port, comma-separated (optional)",
+		ChainID:     "network (chain ID) in our NodeInfo",
+		Role:        "flood, sink or idle",
+		Concurrency: "flood: sending goroutines; sink: the flood's value (1: in-order check)",
+		PrintID:     "print the node ID and exit",
+		Timeout:     "give up after this long (idle: run this long)",
+	})
 	flag.StringVar(&probeChannel, "probe-channel", "0x78", "probe channel ID (with --probes)")
-	flag.IntVar(&o.size, "size", 1024, "encoded message size in bytes (Txs wrapper included), at least 24")
-	flag.Int64Var(&o.count, "count", 1000, "messages to flood / to expect (send-drain)")
-	flag.IntVar(&o.concurrency, "concurrency", 1, "flood: sending goroutines; sink: the flood's value (1: in-order check)")
-	flag.DurationVar(&o.recvDelay, "recv-delay", 0, "sink: sleep this long after every counted message")
-	flag.DurationVar(&o.duration, "duration", 0, "send-timeframe: flood sends for this long, sink counts this long")
-	flag.IntVar(&o.peers, "peers", 1, "flood: peers to wait for; every message goes to all")
 	flag.IntVar(&o.probes, "probes", 0, "QoS mode: probes per phase (0: off)")
 	flag.DurationVar(&o.probeInterval, "probe-interval", 5*time.Millisecond, "QoS: interval between probes")
 	flag.IntVar(&o.probeSize, "probe-size", 200, "QoS: encoded probe size in bytes")
+	flag.Int64Var(&o.warmBulk, "warm-bulk", 200, "QoS: bulk messages queued before the loaded phase")
+	flag.DurationVar(&o.probeSettle, "probe-settle", 0, "QoS: then wait this long before the loaded phase")
 	flag.IntVar(&o.maxInbound, "max-inbound", 40, "max_num_inbound_peers")
 	flag.BoolVar(&o.unlimited, "unlimited", false, "send_rate and recv_rate 1e9 B/s instead of CometBFT's 5 120 000")
 	flag.IntVar(&o.maxPacket, "max-packet-payload", 1024, "max_packet_msg_payload_size")
 	flag.DurationVar(&o.flushTimeout, "flush-throttle", 100*time.Millisecond, "flush_throttle_timeout")
-	flag.StringVar(&o.nodeKey, "node-key", "", "node_key.json to load (created if missing); default: a fresh key")
-	flag.BoolVar(&o.printID, "print-id", false, "print the node ID and exit")
-	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up after this long (idle: run this long)")
-	flag.BoolVar(&o.verbose, "verbose", false, "log CometBFT at info level (default: errors only)")
-	flag.Parse()
+	if err := o.Parse(flag.CommandLine, os.Args[1:]); err != nil {
+		return nil, err
+	}
 
 	var err error
-	if o.channel, err = parseChannel("channel", channel); err != nil {
+	if o.probeChannel, err = gocommon.ParseChannel("probe-channel", probeChannel); err != nil {
 		return nil, err
 	}
-	if o.probeChannel, err = parseChannel("probe-channel", probeChannel); err != nil {
-		return nil, err
+	if o.Role != "flood" && o.Role != "sink" && o.Role != "idle" {
+		return nil, fmt.Errorf("--role must be flood, sink or idle, got %q", o.Role)
 	}
-	if dial != "" {
-		o.dial = strings.Split(dial, ",")
+	if err := o.Check(); err != nil {
+		return nil, err
 	}
 	switch {
-	case o.role != "flood" && o.role != "sink" && o.role != "idle":
-		return nil, fmt.Errorf("--role must be flood, sink or idle, got %q", o.role)
-	case o.size < 24:
-		return nil, fmt.Errorf("--size must be at least 24, got %d", o.size)
-	case o.count < 1:
-		return nil, fmt.Errorf("--count must be at least 1, got %d", o.count)
-	case o.concurrency < 1:
-		return nil, fmt.Errorf("--concurrency must be at least 1, got %d", o.concurrency)
-	case o.peers < 1:
-		return nil, fmt.Errorf("--peers must be at least 1, got %d", o.peers)
-	case o.probes > 0 && (o.probeSize < 24 || o.probeChannel == o.channel || o.probeInterval <= 0):
-		return nil, errors.New("--probes needs --probe-size >= 24, a --probe-interval and a --probe-channel other than --channel")
-	case o.probes > 0 && o.duration > 0:
+	case o.probes > 0 && (o.probeSize < gocommon.MinSize || o.probeChannel == o.Channel || o.probeInterval <= 0 || o.warmBulk < 1):
+		return nil, errors.New("--probes needs --probe-size >= 24, a --probe-interval, --warm-bulk >= 1 and a --probe-channel other than --channel")
+	case o.probes > 0 && o.Duration > 0:
 		return nil, errors.New("--probes and --duration do not combine")
-	case o.listen == "" && !o.printID:
+	case o.Listen == "" && !o.PrintID:
 		return nil, errors.New("--listen is required")
 	}
 	return o, nil
 }
 
-// uvarintLen is the length of x as a protobuf varint.
-func uvarintLen(x int) int {
-	n := 1
-	for x >= 0x80 {
-		x >>= 7
-		n++
-	}
-	return n
-}
-
-// wrappedLen is the encoded size of Message{Txs{[tx]}} for a tx of txLen bytes.
-func wrappedLen(txLen int) int {
-	inner := 1 + uvarintLen(txLen) + txLen
-	return 1 + uvarintLen(inner) + inner
-}
-
 // txLenFor returns the transaction length whose wrapped message is exactly size bytes.
 func txLenFor(size int) (int, error) {
-	for l := size - 2; l > headerLen && l >= size-12; l-- {
-		if wrappedLen(l) == size {
-			return l, nil
-		}
+	if l, ok := gocommon.TxLenFor(size); ok {
+		return l, nil
 	}
 	return 0, fmt.Errorf("no transaction length wraps to exactly %d bytes", size)
-}
-
-// cpuTime is this process's CPU time so far (getrusage RUSAGE_SELF), in seconds.
-type cpuTime struct {
-	user, sys float64
-}
-
-func readCPU() cpuTime {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return cpuTime{}
-	}
-	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
-	return cpuTime{user: tv(ru.Utime), sys: tv(ru.Stime)}
-}
-
-// setCPU fills the CPU fields of r with the CPU time used from start to end.
-func setCPU(r *result, start, end cpuTime) {
-	r.CPUUser = end.user - start.user
-	r.CPUSys = end.sys - start.sys
-	r.CPUSeconds = r.CPUUser + r.CPUSys
-}
-
-// nowNanos is the send/receive clock: Unix nanoseconds (CLOCK_REALTIME).
-func nowNanos() int64 { return time.Now().UnixNano() }
-
-// quantileMs is the nearest-rank q quantile of sorted latencies (ns), in ms; nil if none.
-func quantileMs(sorted []int64, q float64) *float64 {
-	if len(sorted) == 0 {
-		return nil
-	}
-	rank := min(max(int(math.Ceil(float64(len(sorted))*q))-1, 0), len(sorted)-1)
-	v := float64(sorted[rank]) / 1e6
-	return &v
-}
-
-func sortedCopy(l []int64) []int64 {
-	s := append([]int64(nil), l...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s
-}
-
-type result struct {
-	Event        string   `json:"event"`
-	Role         string   `json:"role"`
-	Messages     int64    `json:"messages"`
-	Bytes        int64    `json:"bytes"`
-	Seconds      float64  `json:"seconds"`
-	CPUSeconds   float64  `json:"cpu_seconds"`
-	CPUUser      float64  `json:"cpu_user_seconds"`
-	CPUSys       float64  `json:"cpu_sys_seconds"`
-	Peers        int      `json:"peers,omitempty"`
-	Peer         string   `json:"peer,omitempty"`
-	P50Ms        *float64 `json:"p50_ms,omitempty"`
-	P99Ms        *float64 `json:"p99_ms,omitempty"`
-	IdleP50Ms    *float64 `json:"idle_p50_ms,omitempty"`
-	IdleP99Ms    *float64 `json:"idle_p99_ms,omitempty"`
-	LoadedP50Ms  *float64 `json:"loaded_p50_ms,omitempty"`
-	LoadedP99Ms  *float64 `json:"loaded_p99_ms,omitempty"`
-	Probes       int      `json:"probes,omitempty"`
-	BulkMessages int64    `json:"bulk_messages,omitempty"`
-	BulkBytes    int64    `json:"bulk_bytes,omitempty"`
-	BulkSeconds  float64  `json:"bulk_seconds,omitempty"`
-	Error        string   `json:"error,omitempty"`
-}
-
-var stdoutMu sync.Mutex
-
-func printJSON(v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	stdoutMu.Lock()
-	defer stdoutMu.Unlock()
-	fmt.Fprintln(os.Stdout, string(b))
 }
 
 // reactor is the flood/sink/idle reactor.
@@ -316,33 +178,25 @@ type reactor struct {
 	txLen      int
 	probeTxLen int
 
-	peerUp chan p2p.Peer // every added peer (flood, sink), buffered
-	acked  chan struct{} // flood: the acks of all peers arrived
-	acks   atomic.Int64  // flood: acks so far
-	ackers sync.Map      // flood: IDs of the peers that acknowledged (they may hang up)
-	done   chan struct{} // sink: complete, or an error
-	failed chan error    // a peer error before completion (buffered)
-	once   sync.Once     // closes done
-	stats  sinkStats     // sink counters, owned by the receive goroutine until done
-	// received mirrors stats.got for other goroutines (progress in error messages).
+	peerUp chan p2p.Peer  // every added peer (flood, sink), buffered
+	acks   *gocommon.Acks // flood: the acks of the peers
+	done   chan struct{}  // sink: complete, or an error
+	failed chan error     // a peer error before completion (buffered)
+	once   sync.Once      // closes done
+	stats  sinkStats      // sink counters, owned by the receive goroutine until done
+	// received mirrors stats.Got for other goroutines (progress in error messages).
 	received atomic.Int64
 	// windowCPU receives the CPU time at the end of the timeframe window (sink timeframe).
-	windowCPU chan cpuTime
+	windowCPU chan gocommon.CPUTime
 
 	peersMu sync.Mutex // idle: guards peerCount
 	peerCnt int
 }
 
 type sinkStats struct {
-	seen     int64    // data messages received, counted or not
-	got      int64    // counted data messages
-	seenSeqs []uint64 // concurrency > 1: bitset of the sequence numbers seen
-	first    time.Time
-	firstCPU cpuTime
-	last     time.Time
-	lastCPU  cpuTime
-	lat      []int64 // ns, counted messages
-	ended    bool    // "end" arrived
+	gocommon.Tally // data messages (send-drain, send-timeframe)
+
+	ended    bool // "end" arrived
 	probeLat [2][]int64
 	bulkGot  int64
 	bulkFrom time.Time
@@ -355,11 +209,11 @@ func newReactor(o *options, txLen, probeTxLen int) *reactor {
 		o:          o,
 		txLen:      txLen,
 		probeTxLen: probeTxLen,
-		peerUp:     make(chan p2p.Peer, o.peers+16),
-		acked:      make(chan struct{}),
+		peerUp:     make(chan p2p.Peer, o.Peers+16),
+		acks:       gocommon.NewAcks(o.Peers, completeLine),
 		done:       make(chan struct{}),
 		failed:     make(chan error, 1),
-		windowCPU:  make(chan cpuTime, 1),
+		windowCPU:  make(chan gocommon.CPUTime, 1),
 	}
 	r.BaseReactor = *p2p.NewBaseReactor("FloodSink", r)
 	return r
@@ -368,15 +222,15 @@ func newReactor(o *options, txLen, probeTxLen int) *reactor {
 // channelIDs are the channels we have (our NodeInfo's and the reactor's).
 func (o *options) channelIDs() []byte {
 	if o.probes > 0 {
-		return []byte{o.channel, o.probeChannel}
+		return []byte{o.Channel, o.probeChannel}
 	}
-	return []byte{o.channel}
+	return []byte{o.Channel}
 }
 
 // GetChannels implements p2p.Reactor.
 func (r *reactor) GetChannels() []*conn.ChannelDescriptor {
 	ds := []*conn.ChannelDescriptor{{
-		ID:                  r.o.channel,
+		ID:                  r.o.Channel,
 		Priority:            5,
 		SendQueueCapacity:   100,
 		RecvMessageCapacity: 2 << 20,
@@ -398,12 +252,12 @@ func (r *reactor) peerCountChanged(delta int) {
 	r.peersMu.Lock()
 	defer r.peersMu.Unlock()
 	r.peerCnt += delta
-	printJSON(map[string]any{"event": "peers", "peers": r.peerCnt})
+	gocommon.PrintJSON(map[string]any{"event": "peers", "peers": r.peerCnt})
 }
 
 // AddPeer implements p2p.Reactor.
 func (r *reactor) AddPeer(p p2p.Peer) {
-	if r.o.role == "idle" {
+	if r.o.Role == "idle" {
 		r.peerCountChanged(1)
 		return
 	}
@@ -416,12 +270,12 @@ func (r *reactor) AddPeer(p p2p.Peer) {
 
 // RemovePeer implements p2p.Reactor.
 func (r *reactor) RemovePeer(p p2p.Peer, reason interface{}) {
-	if r.o.role == "idle" {
+	if r.o.Role == "idle" {
 		r.peerCountChanged(-1)
 		return
 	}
 	fmt.Fprintf(os.Stderr, "gopeer: peer down: %s: %v\n", p.ID(), reason)
-	if _, done := r.ackers.Load(p.ID()); done {
+	if r.acks.From(string(p.ID())) {
 		return // a sink that acknowledged is done and may exit
 	}
 	r.fail(fmt.Errorf("peer %s removed: %v", p.ID(), reason))
@@ -438,7 +292,7 @@ func (r *reactor) fail(err error) {
 // Receive implements p2p.Reactor. It runs on the peer's receive goroutine (one for all
 // channels), so the sink's counters need no lock until done is closed.
 func (r *reactor) Receive(e p2p.Envelope) {
-	if r.o.role == "idle" {
+	if r.o.Role == "idle" {
 		return
 	}
 	msg, ok := e.Message.(*mempl.Txs)
@@ -447,18 +301,13 @@ func (r *reactor) Receive(e p2p.Envelope) {
 		return
 	}
 	tx := msg.Txs[0]
-	if r.o.role == "flood" {
-		if e.ChannelID != r.o.channel || !bytes.Equal(tx, ackTx) {
+	if r.o.Role == "flood" {
+		if e.ChannelID != r.o.Channel {
 			r.fail(fmt.Errorf("unexpected message of %d bytes instead of the ack", len(tx)))
 			return
 		}
-		if _, again := r.ackers.LoadOrStore(e.Src.ID(), true); again {
-			r.fail(fmt.Errorf("second ack from peer %s", e.Src.ID()))
-			return
-		}
-		if r.acks.Add(1) == int64(r.o.peers) {
-			fmt.Fprintln(os.Stderr, completeLine)
-			close(r.acked)
+		if err := r.acks.Receive(string(e.Src.ID()), tx); err != nil {
+			r.fail(err)
 		}
 		return
 	}
@@ -471,11 +320,11 @@ func (r *reactor) Receive(e p2p.Envelope) {
 	switch {
 	case e.ChannelID == r.o.probeChannel && r.o.probes > 0:
 		r.receiveProbe(tx, now)
-	case e.ChannelID != r.o.channel:
+	case e.ChannelID != r.o.Channel:
 		r.finish(fmt.Errorf("message on unexpected channel %#x", e.ChannelID))
 		return
-	case bytes.Equal(tx, endTx):
-		if r.o.duration == 0 && r.o.probes == 0 {
+	case bytes.Equal(tx, gocommon.EndTx):
+		if r.o.Duration == 0 && r.o.probes == 0 {
 			r.finish(errors.New("end marker in send-drain mode"))
 			return
 		}
@@ -487,12 +336,12 @@ func (r *reactor) Receive(e p2p.Envelope) {
 	}
 	if r.complete() {
 		s := &r.stats
-		if r.o.duration == 0 && r.o.probes == 0 {
-			s.lastCPU = readCPU()
+		if r.o.Duration == 0 && r.o.probes == 0 {
+			s.LastCPU = gocommon.ReadCPU()
 		}
 		fmt.Fprintln(os.Stderr, completeLine)
-		ack := &mempl.Txs{Txs: [][]byte{ackTx}}
-		if !e.Src.Send(p2p.Envelope{ChannelID: r.o.channel, Message: ack}) {
+		ack := &mempl.Txs{Txs: [][]byte{gocommon.AckTx}}
+		if !e.Src.Send(p2p.Envelope{ChannelID: r.o.Channel, Message: ack}) {
 			r.finish(errors.New("could not queue the acknowledgement"))
 			return
 		}
@@ -508,66 +357,48 @@ func (r *reactor) complete() bool {
 		return false
 	case r.o.probes > 0:
 		return s.ended && len(s.probeLat[0])+len(s.probeLat[1]) == 2*r.o.probes
-	case r.o.duration > 0:
+	case r.o.Duration > 0:
 		return s.ended
 	default:
-		return s.got == r.o.count
+		return s.Got == r.o.Count
 	}
-}
-
-// header reads a transaction's sequence number and send time.
-func header(tx []byte) (uint64, int64) {
-	return binary.BigEndian.Uint64(tx[:8]), int64(binary.BigEndian.Uint64(tx[8:headerLen]))
 }
 
 func (r *reactor) receiveData(tx []byte, now time.Time) {
 	s := &r.stats
 	if len(tx) != r.txLen {
-		r.finish(fmt.Errorf("message %d: transaction of %d bytes, expected %d", s.seen, len(tx), r.txLen))
+		r.finish(fmt.Errorf("message %d: transaction of %d bytes, expected %d", s.Seen, len(tx), r.txLen))
 		return
 	}
-	seq, sent := header(tx)
-	if s.seen == 0 {
-		s.first = now
-		s.firstCPU = readCPU()
-		if r.o.duration > 0 {
-			time.AfterFunc(r.o.duration, func() { r.windowCPU <- readCPU() })
-		}
+	seq, sent := gocommon.Header(tx)
+	if s.Seen == 0 {
+		s.Start(now, r.o.Duration, func() { r.windowCPU <- gocommon.ReadCPU() })
 	}
-	if r.o.concurrency == 1 {
-		if seq != uint64(s.seen) {
-			r.finish(fmt.Errorf("message %d: sequence number %d (out of order or lost)", s.seen, seq))
+	if r.o.Concurrency == 1 {
+		if seq != uint64(s.Seen) {
+			r.finish(fmt.Errorf("message %d: sequence number %d (out of order or lost)", s.Seen, seq))
 			return
 		}
 	} else {
-		if r.o.duration == 0 && seq >= uint64(r.o.count) {
-			r.finish(fmt.Errorf("message %d: sequence number %d of %d", s.seen, seq, r.o.count))
+		count := r.o.Count // send-drain: every number is below it
+		if r.o.Duration != 0 {
+			count = 0
+		}
+		// The bitset's word (seq/64) is at most seen+count+2^20.
+		maxSeq := (uint64(s.Seen)+uint64(r.o.Count)+(1<<20))*64 + 63
+		if err := s.Seqs.Add(seq, s.Seen, count, maxSeq); err != nil {
+			r.finish(err)
 			return
 		}
-		word, bit := seq/64, uint64(1)<<(seq%64)
-		if word > uint64(s.seen)+uint64(r.o.count)+(1<<20) {
-			r.finish(fmt.Errorf("message %d: implausible sequence number %d", s.seen, seq))
-			return
-		}
-		for uint64(len(s.seenSeqs)) <= word {
-			s.seenSeqs = append(s.seenSeqs, 0)
-		}
-		if s.seenSeqs[word]&bit != 0 {
-			r.finish(fmt.Errorf("message %d: sequence number %d again", s.seen, seq))
-			return
-		}
-		s.seenSeqs[word] |= bit
 	}
-	s.seen++
-	if r.o.duration > 0 && now.Sub(s.first) > r.o.duration {
+	s.Seen++
+	if !s.InWindow(now, r.o.Duration) {
 		return // in flight after the window: not counted, not delayed
 	}
-	s.got++
-	r.received.Store(s.got)
-	s.last = now
-	s.lat = append(s.lat, now.UnixNano()-sent)
-	if r.o.recvDelay > 0 {
-		time.Sleep(r.o.recvDelay)
+	s.Count(now, sent)
+	r.received.Store(s.Got)
+	if r.o.RecvDelay > 0 {
+		time.Sleep(r.o.RecvDelay)
 	}
 }
 
@@ -590,8 +421,8 @@ func (r *reactor) receiveProbe(tx []byte, now time.Time) {
 		r.finish(fmt.Errorf("probe of %d bytes, expected %d", len(tx), r.probeTxLen))
 		return
 	}
-	_, sent := header(tx)
-	phase := tx[headerLen]
+	_, sent := gocommon.Header(tx)
+	phase := tx[gocommon.HeaderLen]
 	if phase > 1 || len(s.probeLat[phase]) >= r.o.probes {
 		r.finish(fmt.Errorf("unexpected probe (phase %d)", phase))
 		return
@@ -606,12 +437,6 @@ func (r *reactor) finish(err error) {
 	})
 }
 
-func fail(role string, err error) {
-	printJSON(result{Event: "result", Role: role, Error: err.Error()})
-	fmt.Fprintf(os.Stderr, "gopeer: error: %v\n", err)
-	os.Exit(1)
-}
-
 func main() {
 	o, err := parseFlags()
 	if err != nil {
@@ -620,25 +445,25 @@ func main() {
 	}
 
 	var nodeKey *p2p.NodeKey
-	if o.nodeKey != "" {
-		nodeKey, err = p2p.LoadOrGenNodeKey(o.nodeKey)
+	if o.NodeKey != "" {
+		nodeKey, err = p2p.LoadOrGenNodeKey(o.NodeKey)
 		if err != nil {
-			fail(o.role, fmt.Errorf("node key %s: %w", o.nodeKey, err))
+			gocommon.Fail("gopeer", o.Role, fmt.Errorf("node key %s: %w", o.NodeKey, err))
 		}
 	} else {
 		nodeKey = &p2p.NodeKey{PrivKey: ed25519.GenPrivKey()}
 	}
-	if o.printID {
+	if o.PrintID {
 		fmt.Println(nodeKey.ID())
 		return
 	}
 	if err := run(o, nodeKey); err != nil {
-		fail(o.role, err)
+		gocommon.Fail("gopeer", o.Role, err)
 	}
 }
 
 func run(o *options, nodeKey *p2p.NodeKey) error {
-	txLen, err := txLenFor(o.size)
+	txLen, err := txLenFor(o.Size)
 	if err != nil {
 		return err
 	}
@@ -650,14 +475,14 @@ func run(o *options, nodeKey *p2p.NodeKey) error {
 	}
 
 	logger := log.NewTMLogger(log.NewSyncWriter(os.Stderr))
-	if o.verbose {
+	if o.Verbose {
 		logger = log.NewFilter(logger, log.AllowInfo())
 	} else {
 		logger = log.NewFilter(logger, log.AllowError())
 	}
 
 	cfg := config.DefaultP2PConfig()
-	cfg.ListenAddress = "tcp://" + o.listen
+	cfg.ListenAddress = "tcp://" + o.Listen
 	cfg.MaxPacketMsgPayloadSize = o.maxPacket
 	cfg.FlushThrottleTimeout = o.flushTimeout
 	cfg.AllowDuplicateIP = true
@@ -671,23 +496,23 @@ func run(o *options, nodeKey *p2p.NodeKey) error {
 	nodeInfo := p2p.DefaultNodeInfo{
 		ProtocolVersion: p2p.NewProtocolVersion(version.P2PProtocol, version.BlockProtocol, 0),
 		DefaultNodeID:   nodeKey.ID(),
-		ListenAddr:      o.listen,
-		Network:         o.chainID,
+		ListenAddr:      o.Listen,
+		Network:         o.ChainID,
 		Version:         version.TMCoreSemVer,
 		Channels:        o.channelIDs(),
-		Moniker:         o.moniker,
+		Moniker:         o.Moniker,
 	}
 	if err := nodeInfo.Validate(); err != nil {
 		return fmt.Errorf("our node info: %w", err)
 	}
 
 	transport := p2p.NewMultiplexTransport(nodeInfo, *nodeKey, p2p.MConnConfig(cfg))
-	listenAddr, err := p2p.NewNetAddressString(p2p.IDAddressString(nodeKey.ID(), o.listen))
+	listenAddr, err := p2p.NewNetAddressString(p2p.IDAddressString(nodeKey.ID(), o.Listen))
 	if err != nil {
-		return fmt.Errorf("--listen %q: %w", o.listen, err)
+		return fmt.Errorf("--listen %q: %w", o.Listen, err)
 	}
 	if err := transport.Listen(*listenAddr); err != nil {
-		return fmt.Errorf("listen on %s: %w", o.listen, err)
+		return fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
 
 	sw := p2p.NewSwitch(cfg, transport)
@@ -700,18 +525,18 @@ func run(o *options, nodeKey *p2p.NodeKey) error {
 	}
 	defer func() { _ = sw.Stop() }()
 
-	printJSON(map[string]string{"event": "ready", "id": string(nodeKey.ID()), "listen": o.listen})
+	gocommon.PrintJSON(gocommon.Ready{Event: "ready", ID: string(nodeKey.ID()), Listen: o.Listen})
 
-	if o.role == "idle" {
-		<-time.After(o.timeout)
+	if o.Role == "idle" {
+		<-time.After(o.Timeout)
 		r.peersMu.Lock()
 		n := r.peerCnt
 		r.peersMu.Unlock()
-		printJSON(result{Event: "result", Role: "idle", Peers: n})
+		gocommon.PrintJSON(gocommon.Result{Event: "result", Role: "idle", Peers: n})
 		return nil
 	}
 
-	for _, d := range o.dial {
+	for _, d := range o.Dial {
 		addr, err := p2p.NewNetAddressString(d)
 		if err != nil {
 			return fmt.Errorf("--dial %q: %w", d, err)
@@ -721,10 +546,10 @@ func run(o *options, nodeKey *p2p.NodeKey) error {
 		}
 	}
 
-	deadline := time.After(o.timeout)
+	deadline := time.After(o.Timeout)
 	want := 1
-	if o.role == "flood" {
-		want = o.peers
+	if o.Role == "flood" {
+		want = o.Peers
 	}
 	peers := make([]p2p.Peer, 0, want)
 	for len(peers) < want {
@@ -741,14 +566,14 @@ func run(o *options, nodeKey *p2p.NodeKey) error {
 			}
 			peers = append(peers, p)
 		case <-deadline:
-			return fmt.Errorf("%d of %d peers connected within %s", len(peers), want, o.timeout)
+			return fmt.Errorf("%d of %d peers connected within %s", len(peers), want, o.Timeout)
 		}
 	}
 
 	switch {
-	case o.role == "flood" && o.probes > 0:
+	case o.Role == "flood" && o.probes > 0:
 		return floodQoS(o, r, peers[0], deadline)
-	case o.role == "flood":
+	case o.Role == "flood":
 		return flood(o, r, peers, deadline)
 	default:
 		return sink(o, r, peers[0], deadline)
@@ -770,25 +595,10 @@ func send(r *reactor, p p2p.Peer, env p2p.Envelope) error {
 	return nil
 }
 
-// newTx is a transaction of n bytes with a filler after the header.
-func newTx(n int) []byte {
-	tx := make([]byte, n)
-	for i := headerLen; i < len(tx); i++ {
-		tx[i] = byte(i)
-	}
-	return tx
-}
-
-// stamp writes the sequence number and the send time into tx.
-func stamp(tx []byte, seq uint64) {
-	binary.BigEndian.PutUint64(tx[:8], seq)
-	binary.BigEndian.PutUint64(tx[8:headerLen], uint64(nowNanos()))
-}
-
 // sendAll sends one control transaction to every peer.
 func sendAll(r *reactor, peers []p2p.Peer, tx []byte) error {
 	for _, p := range peers {
-		env := p2p.Envelope{ChannelID: r.o.channel, Message: &mempl.Txs{Txs: [][]byte{tx}}}
+		env := p2p.Envelope{ChannelID: r.o.Channel, Message: &mempl.Txs{Txs: [][]byte{tx}}}
 		if err := send(r, p, env); err != nil {
 			return err
 		}
@@ -796,89 +606,40 @@ func sendAll(r *reactor, peers []p2p.Peer, tx []byte) error {
 	return nil
 }
 
-// waitAcks waits for the acknowledgements of all peers.
-func waitAcks(o *options, r *reactor, deadline <-chan time.Time) error {
-	select {
-	case <-r.acked:
-		return nil
-	case err := <-r.failed:
-		return fmt.Errorf("waiting for the acknowledgements: %w", err)
-	case <-deadline:
-		return fmt.Errorf("only %d of %d acknowledgements within %s", r.acks.Load(), o.peers, o.timeout)
-	}
-}
-
 func flood(o *options, r *reactor, peers []p2p.Peer, deadline <-chan time.Time) error {
-	var stop atomic.Bool
-	var sent atomic.Int64
-	limit := uint64(o.count)
 	start := time.Now()
-	startCPU := readCPU()
-	if o.duration > 0 {
-		limit = ^uint64(0)
-		t := time.AfterFunc(o.duration, func() { stop.Store(true) })
-		defer t.Stop()
-	}
-	errs := make(chan error, o.concurrency)
-	var wg sync.WaitGroup
-	for j := 0; j < o.concurrency; j++ {
-		wg.Add(1)
-		go func(j int) {
-			defer wg.Done()
-			tx := newTx(r.txLen)
-			msg := &mempl.Txs{Txs: [][]byte{tx}}
-			for seq := uint64(j); seq < limit && !stop.Load(); seq += uint64(o.concurrency) {
-				// Send marshals the message before it returns, so tx can be reused.
-				stamp(tx, seq)
-				for _, p := range peers {
-					if err := send(r, p, p2p.Envelope{ChannelID: r.o.channel, Message: msg}); err != nil {
-						stop.Store(true)
-						errs <- fmt.Errorf("sender %d at sequence number %d: %w", j, seq, err)
-						return
-					}
-				}
-				sent.Add(1)
-			}
-		}(j)
-	}
-	wg.Wait()
-	select {
-	case err := <-errs:
+	startCPU := gocommon.ReadCPU()
+	sent, err := gocommon.Flood(o.Concurrency, o.Count, o.Duration, len(peers), r.txLen, fill,
+		func(tx []byte) func(int) error {
+			// Send marshals the message before it returns, so tx can be reused.
+			env := p2p.Envelope{ChannelID: o.Channel, Message: &mempl.Txs{Txs: [][]byte{tx}}}
+			return func(i int) error { return send(r, peers[i], env) }
+		})
+	if err != nil {
 		return err
-	default:
 	}
-	if o.duration > 0 {
-		if err := sendAll(r, peers, endTx); err != nil {
+	if o.Duration > 0 {
+		if err := sendAll(r, peers, gocommon.EndTx); err != nil {
 			return fmt.Errorf("sending the end marker: %w", err)
 		}
 	}
-	if err := waitAcks(o, r, deadline); err != nil {
+	if err := r.acks.Wait(r.failed, deadline, o.Timeout); err != nil {
 		return err
 	}
-	res := result{
-		Event:    "result",
-		Role:     "flood",
-		Messages: sent.Load(),
-		Bytes:    sent.Load() * int64(o.size),
-		Seconds:  time.Since(start).Seconds(),
-		Peers:    len(peers),
-		Peer:     string(peers[0].ID()),
-	}
-	setCPU(&res, startCPU, readCPU())
-	printJSON(res)
+	gocommon.PrintJSON(gocommon.FloodResult(sent, o.Size, start, startCPU, len(peers), string(peers[0].ID())))
 	return nil
 }
 
 // sendProbes sends o.probes probes of the given phase, one per o.probeInterval.
 func sendProbes(o *options, r *reactor, p p2p.Peer, phase byte, seq *uint64) error {
-	tx := newTx(r.probeTxLen)
-	tx[headerLen] = phase
+	tx := gocommon.NewTx(r.probeTxLen, fill)
+	tx[gocommon.HeaderLen] = phase
 	msg := &mempl.Txs{Txs: [][]byte{tx}}
 	ticker := time.NewTicker(o.probeInterval)
 	defer ticker.Stop()
 	for i := 0; i < o.probes; i++ {
 		<-ticker.C
-		stamp(tx, *seq)
+		gocommon.Stamp(tx, *seq)
 		*seq++
 		if err := send(r, p, p2p.Envelope{ChannelID: o.probeChannel, Message: msg}); err != nil {
 			return fmt.Errorf("probe %d of phase %d: %w", i, phase, err)
@@ -889,7 +650,7 @@ func sendProbes(o *options, r *reactor, p p2p.Peer, phase byte, seq *uint64) err
 
 func floodQoS(o *options, r *reactor, p p2p.Peer, deadline <-chan time.Time) error {
 	start := time.Now()
-	startCPU := readCPU()
+	startCPU := gocommon.ReadCPU()
 	var probeSeq uint64
 	if err := sendProbes(o, r, p, 0, &probeSeq); err != nil {
 		return err
@@ -900,23 +661,27 @@ func floodQoS(o *options, r *reactor, p p2p.Peer, deadline <-chan time.Time) err
 	bulkErr := make(chan error, 1)
 	go func() {
 		defer close(bulkErr)
-		tx := newTx(r.txLen)
+		tx := gocommon.NewTx(r.txLen, fill)
 		msg := &mempl.Txs{Txs: [][]byte{tx}}
 		for seq := uint64(0); !stop.Load(); seq++ {
-			stamp(tx, seq)
-			if err := send(r, p, p2p.Envelope{ChannelID: o.channel, Message: msg}); err != nil {
+			gocommon.Stamp(tx, seq)
+			if err := send(r, p, p2p.Envelope{ChannelID: o.Channel, Message: msg}); err != nil {
 				bulkErr <- fmt.Errorf("bulk message %d: %w", seq, err)
-				if sent.Load() < warmBulk {
+				if sent.Load() < o.warmBulk {
 					close(warm)
 				}
 				return
 			}
-			if sent.Add(1) == warmBulk {
+			if sent.Add(1) == o.warmBulk {
 				close(warm)
 			}
 		}
 	}()
 	<-warm
+	if o.probeSettle > 0 {
+		// The settle period is the measurement's definition of "loaded", not a wait for an event.
+		time.Sleep(o.probeSettle)
+	}
 	err := sendProbes(o, r, p, 1, &probeSeq)
 	stop.Store(true)
 	if bErr := <-bulkErr; bErr != nil {
@@ -925,24 +690,15 @@ func floodQoS(o *options, r *reactor, p p2p.Peer, deadline <-chan time.Time) err
 	if err != nil {
 		return err
 	}
-	if err := sendAll(r, []p2p.Peer{p}, endTx); err != nil {
+	if err := sendAll(r, []p2p.Peer{p}, gocommon.EndTx); err != nil {
 		return fmt.Errorf("sending the end marker: %w", err)
 	}
-	if err := waitAcks(o, r, deadline); err != nil {
+	if err := r.acks.Wait(r.failed, deadline, o.Timeout); err != nil {
 		return err
 	}
-	res := result{
-		Event:    "result",
-		Role:     "flood",
-		Messages: sent.Load(),
-		Bytes:    sent.Load() * int64(o.size),
-		Seconds:  time.Since(start).Seconds(),
-		Peers:    1,
-		Peer:     string(p.ID()),
-		Probes:   o.probes,
-	}
-	setCPU(&res, startCPU, readCPU())
-	printJSON(res)
+	res := gocommon.FloodResult(sent.Load(), o.Size, start, startCPU, 1, string(p.ID()))
+	res.Probes = o.probes
+	gocommon.PrintJSON(res)
 	return nil
 }
 
@@ -957,7 +713,7 @@ func sink(o *options, r *reactor, peer p2p.Peer, deadline <-chan time.Time) erro
 			return fmt.Errorf("after %d messages: %w", r.received.Load(), err)
 		}
 	case <-deadline:
-		return fmt.Errorf("only %d messages within %s", r.received.Load(), o.timeout)
+		return fmt.Errorf("only %d messages within %s", r.received.Load(), o.Timeout)
 	}
 	s := &r.stats
 	if s.err != nil {
@@ -965,38 +721,22 @@ func sink(o *options, r *reactor, peer p2p.Peer, deadline <-chan time.Time) erro
 	}
 	// Flush the acknowledgement before the connection closes.
 	peer.FlushStop()
-	res := result{
-		Event:    "result",
-		Role:     "sink",
-		Messages: s.got,
-		Bytes:    s.got * int64(o.size),
-		Seconds:  s.last.Sub(s.first).Seconds(),
-		Peer:     string(peer.ID()),
-	}
-	switch {
-	case o.probes > 0:
-		idle, loaded := sortedCopy(s.probeLat[0]), sortedCopy(s.probeLat[1])
-		res.IdleP50Ms, res.IdleP99Ms = quantileMs(idle, 0.50), quantileMs(idle, 0.99)
-		res.LoadedP50Ms, res.LoadedP99Ms = quantileMs(loaded, 0.50), quantileMs(loaded, 0.99)
-		res.Probes = o.probes
-		res.BulkMessages = s.bulkGot
-		res.BulkBytes = s.bulkGot * int64(o.size)
-		res.BulkSeconds = s.bulkTo.Sub(s.bulkFrom).Seconds()
-		printJSON(res)
+	if o.probes == 0 {
+		gocommon.PrintJSON(s.SinkResult(string(peer.ID()), o.Size, o.Duration, r.windowCPU))
 		return nil
-	case o.duration > 0:
-		res.Seconds = o.duration.Seconds()
-		end := readCPU()
-		select {
-		case end = <-r.windowCPU:
-		default:
-		}
-		setCPU(&res, s.firstCPU, end)
-	default:
-		setCPU(&res, s.firstCPU, s.lastCPU)
 	}
-	lat := sortedCopy(s.lat)
-	res.P50Ms, res.P99Ms = quantileMs(lat, 0.50), quantileMs(lat, 0.99)
-	printJSON(res)
+	// QoS: no data messages are counted (messages, bytes, seconds and the CPU time stay 0).
+	res := gocommon.Result{
+		Event:        "result",
+		Role:         "sink",
+		Peer:         string(peer.ID()),
+		Probes:       o.probes,
+		BulkMessages: s.bulkGot,
+		BulkBytes:    s.bulkGot * int64(o.Size),
+		BulkSeconds:  s.bulkTo.Sub(s.bulkFrom).Seconds(),
+	}
+	res.IdleP50Ms, res.IdleP99Ms = gocommon.Quantiles(s.probeLat[0])
+	res.LoadedP50Ms, res.LoadedP99Ms = gocommon.Quantiles(s.probeLat[1])
+	gocommon.PrintJSON(res)
 	return nil
 }

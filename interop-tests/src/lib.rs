@@ -57,22 +57,35 @@ pub enum GoBinary {
     Cometbft038,
     /// Tendermint v0.34.24 (`tendermint`), the last tendermint/tendermint v0.34 release.
     Tendermint034,
+    /// CometBFT v0.40.0 (`cometbft`), whose experimental `lp2p` transport (libp2p over QUIC,
+    /// [`GoNodeConfig::lp2p`]) replaces comet-p2p when enabled.
+    Cometbft040,
 }
 
 impl GoBinary {
     /// The executable's name (`cometbft` or `tendermint`).
     pub fn name(self) -> &'static str {
         match self {
-            Self::Cometbft038 => "cometbft",
+            Self::Cometbft038 | Self::Cometbft040 => "cometbft",
             Self::Tendermint034 => "tendermint",
         }
     }
 
-    /// The pinned version as `<bin> version` and `/status` report it (no leading `v`).
+    /// The pinned release (its tag without the leading `v`).
     pub fn version(self) -> &'static str {
         match self {
             Self::Cometbft038 => "0.38.25",
             Self::Tendermint034 => "0.34.24",
+            Self::Cometbft040 => "0.40.0",
+        }
+    }
+
+    /// The version `<bin> version` and `/status` report: the release, except for v0.40.0,
+    /// whose tag did not bump the version constant (it reports 0.39.0).
+    pub fn reported_version(self) -> &'static str {
+        match self {
+            Self::Cometbft040 => "0.39.0",
+            other => other.version(),
         }
     }
 
@@ -81,6 +94,7 @@ impl GoBinary {
         match self {
             Self::Cometbft038 => "COMETBFT_038_BIN",
             Self::Tendermint034 => "TENDERMINT_034_BIN",
+            Self::Cometbft040 => "COMETBFT_040_BIN",
         }
     }
 
@@ -152,6 +166,11 @@ pub struct GoNodeConfig {
     pub create_empty_blocks: bool,
     /// `[consensus] timeout_commit` (default: the Go default, 1 s).
     pub timeout_commit: Option<Duration>,
+    /// `[p2p.libp2p] enabled` (CometBFT v0.40.0 only): the node speaks lp2p (QUIC on UDP
+    /// [`GoNode::p2p_port`]) instead of comet-p2p.
+    pub lp2p: bool,
+    /// `[p2p.libp2p] bootstrap_peers`, as `(host:port, 12D3KooW… peer ID, persistent)`.
+    pub bootstrap_peers: Vec<(String, String, bool)>,
 }
 
 impl Default for GoNodeConfig {
@@ -169,6 +188,8 @@ impl Default for GoNodeConfig {
             log_level: "p2p:debug,*:info".to_owned(),
             create_empty_blocks: true,
             timeout_commit: None,
+            lp2p: false,
+            bootstrap_peers: Vec::new(),
         }
     }
 }
@@ -195,6 +216,8 @@ pub struct GoNode {
     p2p_port: u16,
     rpc_port: u16,
     node_id: String,
+    /// `show-node-id --libp2p` (v0.40.0 only).
+    libp2p_peer_id: Option<String>,
     chain_id: String,
 }
 
@@ -217,6 +240,12 @@ impl GoNode {
         write_genesis(&home, &config)?;
         let expected_id =
             run_to_completion(&binary_path, &["show-node-id", "--home"], &home)?.trim().to_owned();
+        let libp2p_peer_id = (config.binary == GoBinary::Cometbft040)
+            .then(|| {
+                run_to_completion(&binary_path, &["show-node-id", "--libp2p", "--home"], &home)
+            })
+            .transpose()?
+            .map(|id| id.trim().to_owned());
 
         let mut node = Self {
             config,
@@ -227,6 +256,7 @@ impl GoNode {
             p2p_port: 0,
             rpc_port: 0,
             node_id: String::new(),
+            libp2p_peer_id,
             chain_id: String::new(),
         };
 
@@ -288,6 +318,19 @@ impl GoNode {
     /// The node's ID (40 lowercase hex characters), as reported by `/status`.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The node's libp2p peer ID (`12D3KooW…`, from `show-node-id --libp2p`): its ID on lp2p
+    /// (v0.40.0 only).
+    pub fn libp2p_peer_id(&self) -> Option<&str> {
+        self.libp2p_peer_id.as_deref()
+    }
+
+    /// `lp2p://<peer id>@127.0.0.1:<port>`, the address a Rust lp2p transport dials (v0.40.0
+    /// only; the node listens there only with [`GoNodeConfig::lp2p`]).
+    pub fn lp2p_address(&self) -> Option<String> {
+        let id = self.libp2p_peer_id.as_deref()?;
+        Some(format!("lp2p://{id}@127.0.0.1:{}", self.p2p_port))
     }
 
     /// The port of the P2P listener on 127.0.0.1.
@@ -546,6 +589,23 @@ impl GoNode {
             set("consensus", "timeout_commit", toml_string(&go_duration(t)));
         }
         set("instrumentation", "prometheus", "false".to_owned());
+        if c.lp2p {
+            set("p2p.libp2p", "enabled", "true".to_owned());
+            // `cometbft init` writes this key inside a comment (a template bug), so it is
+            // always added here.
+            let peers: Vec<String> = c
+                .bootstrap_peers
+                .iter()
+                .map(|(host, id, persistent)| {
+                    format!(
+                        "{{ host = {}, id = {}, persistent = {persistent} }}",
+                        toml_string(host),
+                        toml_string(id)
+                    )
+                })
+                .collect();
+            set("p2p.libp2p", "bootstrap_peers", format!("[{}]", peers.join(", ")));
+        }
         for (key, value) in &c.extra_p2p {
             set("p2p", key, value.clone());
         }
@@ -956,7 +1016,7 @@ pex = true
     }
 }
 
-pub use go_peer::{GoPeer, GoPeerConfig, GoPeerRole};
+pub use go_peer::{GoPeer, GoPeerConfig, GoPeerRole, GoProgram, SpawnFn, Spawner};
 
 /// [`GoPeer`]: our own small Go P2P node (`interop-tests/gopeer`, CometBFT v0.38.25's `p2p`
 /// package as a library) with a flood/sink reactor on one channel.
@@ -974,7 +1034,8 @@ mod go_peer {
     use tempfile::NamedTempFile;
 
     use super::{
-        INSTALL_HINT, START_ATTEMPTS, STARTUP_TIMEOUT, free_port, go_duration, workspace_root,
+        INSTALL_HINT, START_ATTEMPTS, STARTUP_TIMEOUT, SocketAddr, free_port, go_duration,
+        workspace_root,
     };
 
     /// Environment variable that overrides the gopeer binary's path.
@@ -982,6 +1043,36 @@ mod go_peer {
 
     /// Lines of the gopeer's stderr quoted in errors.
     const STDERR_LINES: usize = 30;
+
+    /// Which Go peer program runs: ours on CometBFT v0.38's `p2p` package (MConn), or ours on
+    /// CometBFT v0.40's `lp2p` package (libp2p over QUIC). They take the same flags (`golp2p`
+    /// a subset: no idle role, no probes) and print the same JSON lines; `golp2p`'s `ready`
+    /// `id` is its libp2p peer ID (`12D3KooW…`) and its `--dial` takes `<peer id>@host:port`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub enum GoProgram {
+        /// `interop-tests/gopeer` (CometBFT v0.38.25 `p2p`).
+        #[default]
+        Gopeer,
+        /// `interop-tests/golp2p` (CometBFT v0.40.0 `lp2p`).
+        Golp2p,
+    }
+
+    impl GoProgram {
+        /// The program's (and its directory's) name.
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::Gopeer => "gopeer",
+                Self::Golp2p => "golp2p",
+            }
+        }
+
+        fn env_var(self) -> &'static str {
+            match self {
+                Self::Gopeer => GOPEER_BIN_ENV,
+                Self::Golp2p => "GOLP2P_BIN",
+            }
+        }
+    }
 
     /// What a [`GoPeer`] does with its peers.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1039,7 +1130,39 @@ mod go_peer {
         pub timeout: Duration,
         /// Further arguments, e.g. `["--max-packet-payload", "4096"]`.
         pub extra_args: Vec<String>,
+        /// Which program runs (default [`GoProgram::Gopeer`]).
+        pub program: GoProgram,
+        /// The IP it listens on (default 127.0.0.1), e.g. a WAN lab namespace's address.
+        pub host: std::net::IpAddr,
+        /// How the process is spawned (default: `Command::spawn` here), e.g. inside a network
+        /// namespace.
+        pub spawner: Option<Spawner>,
     }
+
+    /// Spawns a prepared [`Command`] somewhere else than the caller's context (e.g. on a thread
+    /// inside a network namespace, which the child inherits).
+    #[derive(Clone)]
+    pub struct Spawner(
+        /// The spawn function.
+        pub std::sync::Arc<SpawnFn>,
+    );
+
+    /// What a [`Spawner`] calls: spawn this command, somewhere.
+    pub type SpawnFn = dyn Fn(&mut Command) -> std::io::Result<Child> + Send + Sync;
+
+    impl std::fmt::Debug for Spawner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Spawner(..)")
+        }
+    }
+
+    impl PartialEq for Spawner {
+        fn eq(&self, other: &Self) -> bool {
+            std::sync::Arc::ptr_eq(&self.0, &other.0)
+        }
+    }
+
+    impl Eq for Spawner {}
 
     impl GoPeerConfig {
         /// A configuration with channel 0x77, 1024-byte messages, 1000 of them, rate limits
@@ -1060,6 +1183,9 @@ mod go_peer {
                 peers: 1,
                 timeout: Duration::from_secs(300),
                 extra_args: Vec::new(),
+                program: GoProgram::Gopeer,
+                host: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                spawner: None,
             }
         }
     }
@@ -1075,47 +1201,69 @@ mod go_peer {
         stderr: NamedTempFile,
         node_id: String,
         port: u16,
+        host: std::net::IpAddr,
         role: GoPeerRole,
     }
 
     impl GoPeer {
-        /// The directory the install script builds the current sources into:
-        /// `<workspace>/.cache/go-bin/gopeer-<first 16 hex digits of the sources' SHA-256>`.
-        ///
-        /// The hash covers `go.mod`, `go.sum` and the `*.go` files (in byte order of their
-        /// names) of `interop-tests/gopeer`, concatenated; it is computed with `sha256sum`,
-        /// as the script does.
+        /// The directory the install script builds the current gopeer sources into:
+        /// `<workspace>/.cache/go-bin/gopeer-<first 16 hex digits of the sources' SHA-256>`
+        /// (the hash rule is [`GoPeer::program_dir`]'s).
         pub fn default_dir() -> anyhow::Result<PathBuf> {
-            let src = workspace_root().join("interop-tests").join("gopeer");
-            let mut names: Vec<String> = std::fs::read_dir(&src)
-                .with_context(|| format!("listing {}", src.display()))?
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.ends_with(".go"))
-                .collect();
-            names.sort();
+            Self::program_dir(GoProgram::Gopeer)
+        }
+
+        /// [`GoPeer::default_dir`] of `program` (`…/golp2p-<hash>` for `golp2p`).
+        ///
+        /// The hash is taken over, concatenated: `go.mod`, `go.sum` and the `*.go` files (in
+        /// byte order of their names) of `interop-tests/<program>`, then `go.mod` and the
+        /// `*.go` files (likewise) of `interop-tests/gocommon`, the module both programs
+        /// compile in, so that a change there finds a new binary too. The install script
+        /// (`install_program`) hashes the same bytes.
+        pub fn program_dir(program: GoProgram) -> anyhow::Result<PathBuf> {
+            let root = workspace_root().join("interop-tests");
             let mut data = Vec::new();
-            for name in ["go.mod", "go.sum"].iter().map(|s| (*s).to_owned()).chain(names) {
-                let path = src.join(&name);
-                data.extend(
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-                );
+            for (dir, first) in
+                [(program.name(), &["go.mod", "go.sum"][..]), ("gocommon", &["go.mod"][..])]
+            {
+                let src = root.join(dir);
+                let mut names: Vec<String> = std::fs::read_dir(&src)
+                    .with_context(|| format!("listing {}", src.display()))?
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(".go"))
+                    .collect();
+                names.sort();
+                for name in first.iter().map(|s| (*s).to_owned()).chain(names) {
+                    let path = src.join(&name);
+                    data.extend(
+                        std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    );
+                }
             }
             let hash = sha256_hex(&data)?;
             let short = hash.get(..16).ok_or_else(|| anyhow!("short sha256sum output"))?;
-            Ok(workspace_root().join(".cache").join("go-bin").join(format!("gopeer-{short}")))
+            let dir = format!("{}-{short}", program.name());
+            Ok(workspace_root().join(".cache").join("go-bin").join(dir))
         }
 
         /// The binary to run: `$GOPEER_BIN` if set and not empty, else `gopeer` in
         /// [`GoPeer::default_dir`]. Fails (with the install hint) if it does not exist, e.g.
         /// because the sources changed since the last install.
         pub fn binary_path() -> anyhow::Result<PathBuf> {
-            let path = match std::env::var_os(GOPEER_BIN_ENV) {
+            Self::program_path(GoProgram::Gopeer)
+        }
+
+        /// [`GoPeer::binary_path`] of `program` (`$GOLP2P_BIN` overrides `golp2p`'s).
+        pub fn program_path(program: GoProgram) -> anyhow::Result<PathBuf> {
+            let path = match std::env::var_os(program.env_var()) {
                 Some(p) if !p.is_empty() => PathBuf::from(p),
-                _ => Self::default_dir()?.join("gopeer"),
+                _ => Self::program_dir(program)?.join(program.name()),
             };
             if !path.is_file() {
                 bail!(
-                    "gopeer not found at {} (built from the current sources?): {INSTALL_HINT}",
+                    "{} not found at {} (built from the current sources?): {INSTALL_HINT}",
+                    program.name(),
                     path.display()
                 );
             }
@@ -1125,7 +1273,7 @@ mod go_peer {
         /// Spawns the gopeer on a free port of 127.0.0.1 and waits (at most
         /// [`STARTUP_TIMEOUT`]) for its `ready` line. If it dials, it does so after that line.
         pub fn start(config: &GoPeerConfig) -> anyhow::Result<Self> {
-            let bin = Self::binary_path()?;
+            let bin = Self::program_path(config.program)?;
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -1148,7 +1296,7 @@ mod go_peer {
                 .context("creating the gopeer's stderr file")?;
             let mut cmd = Command::new(bin);
             cmd.arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
+                .arg(SocketAddr::new(config.host, port).to_string())
                 .arg("--role")
                 .arg(config.role.as_str())
                 .arg("--chain-id")
@@ -1180,12 +1328,14 @@ mod go_peer {
                 cmd.arg("--peers").arg(config.peers.to_string());
             }
             cmd.args(&config.extra_args);
-            let mut child = cmd
-                .stdin(Stdio::null())
+            cmd.stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(stderr.reopen().context("opening the gopeer's stderr file")?)
-                .spawn()
-                .with_context(|| format!("spawning {}", bin.display()))?;
+                .stderr(stderr.reopen().context("opening the gopeer's stderr file")?);
+            let mut child = match &config.spawner {
+                Some(spawner) => (spawner.0)(&mut cmd),
+                None => cmd.spawn(),
+            }
+            .with_context(|| format!("spawning {}", bin.display()))?;
             let stdout = child.stdout.take().ok_or_else(|| anyhow!("gopeer without stdout"))?;
             let (tx, lines) = mpsc::channel();
             thread::Builder::new()
@@ -1205,6 +1355,7 @@ mod go_peer {
                 stderr,
                 node_id: String::new(),
                 port,
+                host: config.host,
                 role: config.role,
             };
             let ready = peer.next_event("ready", STARTUP_TIMEOUT)?;
@@ -1216,7 +1367,8 @@ mod go_peer {
             Ok(peer)
         }
 
-        /// The node ID (40 lowercase hex digits).
+        /// The node ID: 40 lowercase hex digits (gopeer) or the libp2p peer ID, `12D3KooW…`
+        /// (golp2p).
         pub fn node_id(&self) -> &str {
             &self.node_id
         }
@@ -1226,9 +1378,9 @@ mod go_peer {
             self.port
         }
 
-        /// `<id>@127.0.0.1:<port>`, for dialing it.
+        /// `<id>@<host>:<port>`, for dialing it.
         pub fn p2p_address(&self) -> String {
-            format!("{}@127.0.0.1:{}", self.node_id, self.port)
+            format!("{}@{}", self.node_id, SocketAddr::new(self.host, self.port))
         }
 
         /// The role it was started with.

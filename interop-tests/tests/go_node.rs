@@ -18,7 +18,7 @@ fn smoke(binary: GoBinary) {
     .unwrap();
 
     let status = node.status().unwrap();
-    assert_eq!(status["node_info"]["version"], binary.version(), "{status}");
+    assert_eq!(status["node_info"]["version"], binary.reported_version(), "{status}");
     assert_eq!(status["node_info"]["network"], node.chain_id());
     assert_eq!(status["node_info"]["moniker"], node.moniker());
     assert_eq!(status["node_info"]["listen_addr"], format!("127.0.0.1:{}", node.p2p_port()));

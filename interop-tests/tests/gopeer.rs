@@ -166,6 +166,7 @@ fn go_broadcasts_to_three_rust_sinks_from_two_goroutines() {
         delay: Duration::ZERO,
         duration: None,
         timeout: TIMEOUT,
+        ordered: true,
     };
     let reports = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
@@ -211,6 +212,7 @@ fn go_floods_rust_for_a_timeframe_then_ends() {
         delay: Duration::from_millis(1),
         duration: Some(duration),
         timeout: TIMEOUT,
+        ordered: true,
     };
     // The sink returns only after the end marker (and acknowledges it).
     let report = rt

@@ -44,9 +44,14 @@ enum Command {
     /// `data/`. Refuses to overwrite existing files without --force.
     Init(InitArgs),
     /// Prints the node ID (from the node key).
-    ShowNodeId,
+    ShowNodeId {
+        /// Print the libp2p peer ID (`12D3KooW…`) instead, the ID CometBFT's lp2p knows the
+        /// node by (as `cometbft show-node-id --libp2p`).
+        #[arg(long)]
+        libp2p: bool,
+    },
     /// Prints every URL this node can be reached at, one per listener (`mconn://id@host:port`,
-    /// `quic://id@host:port`). The host is `p2p.external_address`'s if set (its port too, for
+    /// `quic://id@host:port`, and `lp2p://<peer id>@host:port` with `[p2p.libp2p] enabled`). The host is `p2p.external_address`'s if set (its port too, for
     /// MConnection), else the listen address's, printed as configured: `0.0.0.0` means every
     /// interface. A port of 0 is chosen at start; `start` logs the real addresses.
     ShowNodeAddress,
@@ -235,18 +240,22 @@ pub(crate) fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Init(args) => init(&home(cli)?, args),
-        Command::ShowNodeId => {
+        Command::ShowNodeId { libp2p } => {
             let home = home(cli)?;
             let config = load_config(&home)?;
             let key = config.load_node_key(&home)?;
-            println!("{}", key.node_id());
+            if *libp2p {
+                println!("{}", p2p::libp2p_peer_id(&key.public_key()));
+            } else {
+                println!("{}", key.node_id());
+            }
             Ok(())
         }
         Command::ShowNodeAddress => {
             let home = home(cli)?;
             let config = load_config(&home)?;
             let key = config.load_node_key(&home)?;
-            for address in advertised_addresses(&config, key.node_id())? {
+            for address in advertised_addresses(&config, &key.public_key())? {
                 println!("{address}");
             }
             Ok(())
@@ -369,7 +378,11 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 /// One URL per configured listener, as `show-node-address` prints them.
-fn advertised_addresses(config: &Config, id: NodeId) -> Result<Vec<NodeAddress>, ConfigError> {
+fn advertised_addresses(
+    config: &Config,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<Vec<NodeAddress>, ConfigError> {
+    let id = NodeId::from_public_key(key);
     let external = config.external_address()?;
     let mconn = config.mconn_listen_addr()?;
     let quic = config.quic_listen_addr()?;
@@ -386,8 +399,20 @@ fn advertised_addresses(config: &Config, id: NodeId) -> Result<Vec<NodeAddress>,
             (0, Some(mconn)) => mconn.port(),
             (port, _) => port,
         };
-        let host = external.map_or(Host::Ip(addr.ip()), |(host, _)| host);
+        let host = external.clone().map_or(Host::Ip(addr.ip()), |(host, _)| host);
         addresses.push(NodeAddress::new_host(Protocol::QUIC, id, host, port));
+    }
+    // lp2p listens on the QUIC socket, or on laddr's port over UDP without one; its address
+    // names the node by its libp2p peer ID.
+    if config.p2p.libp2p.enabled
+        && let Some(addr) = quic.or(mconn)
+    {
+        let port = match (addr.port(), mconn) {
+            (0, Some(mconn)) => mconn.port(),
+            (port, _) => port,
+        };
+        let host = external.map_or(Host::Ip(addr.ip()), |(host, _)| host);
+        addresses.push(NodeAddress::new_with_key(Protocol::LP2P, *key, host, port));
     }
     Ok(addresses)
 }
@@ -532,6 +557,9 @@ fn node_error(file: &Path, e: NodeError) -> Failure {
     let key = match &e {
         NodeError::Listen { protocol, .. } if *protocol == Protocol::MCONN => Some("p2p.laddr"),
         NodeError::Listen { protocol, .. } if *protocol == Protocol::QUIC => Some("p2p.quic_laddr"),
+        NodeError::Listen { protocol, .. } if *protocol == Protocol::LP2P => {
+            Some("p2p.libp2p.enabled")
+        }
         NodeError::Metrics { .. } => Some("instrumentation.prometheus_listen_addr"),
         NodeError::Store(_) => Some("p2p.peer_store_file"),
         _ => None,
@@ -707,12 +735,13 @@ mod tests {
     #[test]
     #[cfg(all(feature = "mconn", feature = "quic"))]
     fn addresses_use_the_external_host() {
-        let id = NodeKey::from_seed([1; 32]).node_id();
+        let key = NodeKey::from_seed([1; 32]).public_key();
+        let id = NodeId::from_public_key(&key);
         let mut config = Config::default();
         config.p2p.laddr = "tcp://0.0.0.0:26656".to_owned();
         config.p2p.quic_laddr = "udp://0.0.0.0:0".to_owned();
         let plain: Vec<String> =
-            advertised_addresses(&config, id).unwrap().iter().map(ToString::to_string).collect();
+            advertised_addresses(&config, &key).unwrap().iter().map(ToString::to_string).collect();
         assert_eq!(
             plain,
             [format!("mconn://{id}@0.0.0.0:26656"), format!("quic://{id}@0.0.0.0:26656")]
@@ -720,7 +749,7 @@ mod tests {
         config.p2p.external_address = "node.example.com:443".to_owned();
         config.p2p.quic_laddr = "udp://0.0.0.0:26657".to_owned();
         let external: Vec<String> =
-            advertised_addresses(&config, id).unwrap().iter().map(ToString::to_string).collect();
+            advertised_addresses(&config, &key).unwrap().iter().map(ToString::to_string).collect();
         assert_eq!(
             external,
             [
@@ -728,8 +757,15 @@ mod tests {
                 format!("quic://{id}@node.example.com:26657")
             ]
         );
+        // lp2p on the QUIC port, named by the libp2p peer ID.
+        config.p2p.libp2p.enabled = true;
+        let with_lp2p: Vec<String> =
+            advertised_addresses(&config, &key).unwrap().iter().map(ToString::to_string).collect();
+        let peer_id = p2p::libp2p_peer_id(&key);
+        assert_eq!(with_lp2p.last().unwrap(), &format!("lp2p://{peer_id}@node.example.com:26657"));
+        config.p2p.libp2p.enabled = false;
         config.p2p.laddr = String::new();
         config.p2p.quic_laddr = String::new();
-        assert!(advertised_addresses(&config, id).unwrap().is_empty());
+        assert!(advertised_addresses(&config, &key).unwrap().is_empty());
     }
 }

@@ -32,11 +32,16 @@
 //! | `p2p.flush_throttle_timeout` | the MConn flush delay |
 //! | `p2p.handshake_timeout`, `dial_timeout`, `fallback_delay` | the [`RouterConfig`] fields of the same names |
 //! | `p2p.peer_store_file` (relative to the home; `""`: none) | [`NodeOptions::peer_store`] |
+//! | `p2p.libp2p.enabled` (CometBFT v0.39+) | `NodeOptions::lp2p` (feature `lp2p`): lp2p on the QUIC socket, or on `laddr`'s port over UDP without one |
+//! | `p2p.libp2p.bootstrap_peers` (`{ host, id, persistent }`) | `lp2p://id@host` in [`NodeOptions::peers`] (and the persistent peers if `persistent`) |
 //! | `mempool.broadcast`, `cache_size` | [`NodeOptions::gossip`] |
 //! | `mempool.max_tx_bytes` | [`NodeOptions::max_tx_bytes`] |
 //! | `instrumentation.*` | [`NodeOptions::metrics`] (`:26660` means `0.0.0.0:26660`) |
 //!
-//! `p2p.unconditional_peer_ids` is checked (comma-separated node IDs) but not used yet.
+//! `p2p.unconditional_peer_ids` is checked (comma-separated node IDs) but not used yet; so are a
+//! bootstrap peer's `private` and `unconditional` flags. CometBFT's `[p2p.libp2p.scaler]` and
+//! `[p2p.libp2p.limits]` tables (Go worker pools and resource-manager limits) are accepted and
+//! not used: this node's limits are its own (streams per channel, inbound streams, body bytes).
 
 use std::fmt;
 use std::io;
@@ -153,6 +158,45 @@ pub struct P2pConfig {
     pub pex: bool,
     /// Seed mode: answer PEX requests and hang up; connect only to collect addresses.
     pub seed_mode: bool,
+    /// CometBFT's lp2p transport (`[p2p.libp2p]`, CometBFT v0.39+).
+    pub libp2p: Libp2pSection,
+}
+
+/// The `[p2p.libp2p]` section: CometBFT's lp2p transport (libp2p over QUIC), with CometBFT's
+/// keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Libp2pSection {
+    /// Serve lp2p (on the QUIC listener's UDP port; without one, on `laddr`'s port over UDP, as
+    /// CometBFT does). Needs the `lp2p` cargo feature.
+    pub enabled: bool,
+    /// Peers to dial over lp2p: `{ host = "ip:port", id = "12D3KooW…", persistent = true }`.
+    pub bootstrap_peers: Vec<BootstrapPeer>,
+    /// CometBFT's receive worker autoscaler (`[p2p.libp2p.scaler]`): accepted, not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaler: Option<toml::Table>,
+    /// CometBFT's resource-manager limits (`[p2p.libp2p.limits]`): accepted, not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<toml::Table>,
+}
+
+/// One `[p2p.libp2p] bootstrap_peers` entry, as CometBFT writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BootstrapPeer {
+    /// `ip:port` or `dns-name:port` (a `tcp://` prefix is ignored, as CometBFT ignores it); the
+    /// port is UDP.
+    pub host: String,
+    /// The peer's libp2p peer ID, `12D3KooW…` (`cometbft show-node-id --libp2p`).
+    pub id: String,
+    /// Keep the peer connected (redialled with backoff, never banned).
+    pub persistent: bool,
+    /// CometBFT's `private`: accepted, not used.
+    pub private: bool,
+    /// CometBFT's `unconditional`: accepted, not used.
+    pub unconditional: bool,
 }
 
 impl Default for P2pConfig {
@@ -177,6 +221,7 @@ impl Default for P2pConfig {
             peer_store_file: "data/peers.redb".to_owned(),
             pex: true,
             seed_mode: false,
+            libp2p: Libp2pSection::default(),
         }
     }
 }
@@ -582,6 +627,22 @@ impl Config {
         {
             let _ = quic_listen;
         }
+        if self.p2p.libp2p.enabled {
+            #[cfg(feature = "lp2p")]
+            {
+                options.lp2p = Some(p2p_transport_lp2p::Lp2pConfig::default());
+                options.lp2p_listen = quic_listen
+                    .or(mconn_listen)
+                    .or(Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 26656))));
+            }
+            #[cfg(not(feature = "lp2p"))]
+            return Err(ConfigError::MissingFeature {
+                file: self.file_path(),
+                key: "p2p.libp2p.enabled".to_owned(),
+                value: "true".to_owned(),
+                feature: "lp2p",
+            });
+        }
         if self.p2p.upnp {
             #[cfg(feature = "upnp")]
             {
@@ -601,8 +662,12 @@ impl Config {
         });
 
         // Peers.
-        let persistent = self.peer_list("p2p.persistent_peers", &self.p2p.persistent_peers, own)?;
-        let seeds = self.peer_list("p2p.seeds", &self.p2p.seeds, own)?;
+        let mut persistent =
+            self.peer_list("p2p.persistent_peers", &self.p2p.persistent_peers, own)?;
+        let mut seeds = self.peer_list("p2p.seeds", &self.p2p.seeds, own)?;
+        for (peer, persist) in self.bootstrap_peers(own)? {
+            if persist { &mut persistent } else { &mut seeds }.push(peer);
+        }
         for id in split_list(&self.p2p.unconditional_peer_ids) {
             id.parse::<NodeId>()
                 .map_err(|e| self.invalid("p2p.unconditional_peer_ids", id, e.to_string()))?;
@@ -780,6 +845,8 @@ impl Config {
                 Some(("mconn", cfg!(feature = "mconn")))
             } else if *protocol == Protocol::QUIC {
                 Some(("quic", cfg!(feature = "quic")))
+            } else if *protocol == Protocol::LP2P {
+                Some(("lp2p", cfg!(feature = "lp2p")))
             } else {
                 None
             };
@@ -797,13 +864,41 @@ impl Config {
                     return Err(self.invalid(
                         key,
                         entry,
-                        format!("p2pd cannot dial {protocol} addresses; use mconn or quic"),
+                        format!("p2pd cannot dial {protocol} addresses; use mconn, quic or lp2p"),
                     ));
                 }
             }
             peers.push(address);
         }
         Ok(peers)
+    }
+}
+
+impl Config {
+    /// `[p2p.libp2p] bootstrap_peers` as `lp2p://` addresses, each with its `persistent` flag.
+    fn bootstrap_peers(&self, own: NodeId) -> Result<Vec<(NodeAddress, bool)>, ConfigError> {
+        let key = "p2p.libp2p.bootstrap_peers";
+        let mut out = Vec::new();
+        for peer in &self.p2p.libp2p.bootstrap_peers {
+            let host = peer.host.strip_prefix("tcp://").unwrap_or(&peer.host);
+            let text = format!("lp2p://{}@{host}", peer.id);
+            let entry = format!("{{ host = {:?}, id = {:?} }}", peer.host, peer.id);
+            let address: NodeAddress =
+                text.parse().map_err(|e: p2p::ParseAddressError| self.invalid(key, &entry, e))?;
+            if address.node_id() == own {
+                return Err(self.invalid(key, &entry, "this is this node's own ID"));
+            }
+            if !cfg!(feature = "lp2p") {
+                return Err(ConfigError::MissingFeature {
+                    file: self.file_path(),
+                    key: key.to_owned(),
+                    value: entry,
+                    feature: "lp2p",
+                });
+            }
+            out.push((address, peer.persistent));
+        }
+        Ok(out)
     }
 }
 
@@ -871,6 +966,7 @@ fn push_comment(out: &mut String, comment: &str) {
 fn section_comment(section: &str) -> Option<&'static str> {
     Some(match section {
         "p2p" => "Peer-to-peer settings.",
+        "p2p.libp2p" => "CometBFT's experimental lp2p transport (CometBFT's keys).",
         "mempool" => "Transaction gossip on CometBFT's mempool channel (0x30). No mempool is kept.",
         "instrumentation" => "Prometheus metrics.",
         _ => return None,
@@ -940,6 +1036,14 @@ fn key_comment(key: &str) -> Option<&'static str> {
         "p2p.seed_mode" => {
             "Seed mode: answer PEX requests, then hang up; connect to peers only to collect\n\
              their addresses. Needs pex = true."
+        }
+        "p2p.libp2p.enabled" => {
+            "CometBFT's lp2p (libp2p over QUIC, CometBFT v0.39+): served on the QUIC listener's\n\
+             UDP port (or laddr's port over UDP without one). Needs the `lp2p` cargo feature."
+        }
+        "p2p.libp2p.bootstrap_peers" => {
+            "lp2p peers to dial: [{ host = \"ip:port\", id = \"12D3KooW...\", persistent = true }]\n\
+             (the id is `cometbft show-node-id --libp2p`)."
         }
         "p2p.peer_store_file" => {
             "The peer store, relative to the home directory (\"\": peers are not remembered)."
@@ -1351,5 +1455,54 @@ per_peer_labels = true
         assert!(message(&e).contains("node_key.json"), "{e}");
         key().save(config.node_key_path(dir.path())).unwrap();
         assert_eq!(config.load_node_key(dir.path()).unwrap().node_id(), key().node_id());
+    }
+
+    #[test]
+    #[cfg(all(feature = "lp2p", feature = "quic", feature = "mconn"))]
+    fn libp2p_section_in_cometbft_form() {
+        let peer = NodeKey::from_seed([3; 32]).public_key();
+        let peer_id = p2p::libp2p_peer_id(&peer);
+        let other = p2p::libp2p_peer_id(&NodeKey::from_seed([4; 32]).public_key());
+        // CometBFT's keys, its scaler and limits tables included (accepted, not used).
+        let text = format!(
+            "[p2p]\nladdr = \"tcp://127.0.0.1:26656\"\nquic_laddr = \"\"\n\n[p2p.libp2p]\nenabled = true\n\
+             bootstrap_peers = [\n  {{ host = \"10.0.0.1:26656\", id = \"{peer_id}\", persistent = true }},\n\
+             {{ host = \"tcp://seed.example.org:26656\", id = \"{other}\", private = true }},\n]\n\n\
+             [p2p.libp2p.scaler]\nmin_workers = 4\nmax_workers = 32\n\n\
+             [[p2p.libp2p.scaler.overrides]]\nreactor = \"MEMPOOL\"\nmin_workers = 8\n\n\
+             [p2p.libp2p.limits]\nmode = \"default\"\n"
+        );
+        let config = parse(&text).unwrap();
+        let options = config.node_options(Path::new("/h"), key()).unwrap();
+        assert!(options.lp2p.is_some());
+        // No QUIC listener: lp2p takes laddr's port over UDP, as CometBFT does.
+        assert_eq!(options.lp2p_listen, Some("127.0.0.1:26656".parse().unwrap()));
+        let persistent: Vec<String> =
+            options.peer_manager.persistent_peers.iter().map(ToString::to_string).collect();
+        assert_eq!(persistent, [format!("lp2p://{peer_id}@10.0.0.1:26656")]);
+        assert!(
+            options
+                .peers
+                .iter()
+                .any(|a| a.to_string() == format!("lp2p://{other}@seed.example.org:26656"))
+        );
+        // It writes back and reads again.
+        assert_eq!(parse(&config.to_toml().unwrap()).unwrap(), config);
+
+        // A hex ID, an unknown key, an lp2p URL in persistent_peers.
+        let hex = parse(&format!(
+            "[p2p.libp2p]\nbootstrap_peers = [{{ host = \"1.2.3.4:5\", id = \"{}\" }}]\n",
+            NodeId::from_public_key(&peer)
+        ))
+        .unwrap();
+        let e = hex.node_options(Path::new("/h"), key()).unwrap_err();
+        assert!(message(&e).contains("p2p.libp2p.bootstrap_peers"), "{e}");
+        assert!(message(&e).contains("show-node-id --libp2p"), "{e}");
+        let e = parse("[p2p.libp2p]\nenable = true\n").unwrap_err();
+        assert!(message(&e).contains("enable"), "{e}");
+        let url =
+            parse(&format!("[p2p]\npersistent_peers = \"lp2p://{peer_id}@1.2.3.4:5\"\n")).unwrap();
+        let options = url.node_options(Path::new("/h"), key()).unwrap();
+        assert_eq!(options.peer_manager.persistent_peers.len(), 1);
     }
 }

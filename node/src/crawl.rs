@@ -190,6 +190,7 @@ struct Dialers {
 
 impl Dialers {
     fn new(key: &NodeKey) -> Result<Self, CrawlError> {
+        #[cfg_attr(not(any(feature = "mconn", feature = "quic")), allow(unused_mut))]
         let mut by_protocol: BTreeMap<Protocol, Arc<dyn Transport>> = BTreeMap::new();
         #[cfg(feature = "mconn")]
         by_protocol.insert(

@@ -42,6 +42,14 @@ pub struct NodeOptions {
     /// QUIC settings.
     #[cfg(feature = "quic")]
     pub quic: p2p_transport_quic::QuicConfig,
+    /// Serve CometBFT's lp2p (libp2p over QUIC) with these settings; `None`: off. It shares the
+    /// QUIC listener's UDP socket if there is one, else binds [`NodeOptions::lp2p_listen`].
+    #[cfg(feature = "lp2p")]
+    pub lp2p: Option<p2p_transport_lp2p::Lp2pConfig>,
+    /// Where lp2p listens when there is no QUIC listener to share (port 0 with an MConn
+    /// listener: its port number, as CometBFT's lp2p uses `p2p.laddr`'s port on UDP).
+    #[cfg(feature = "lp2p")]
+    pub lp2p_listen: Option<SocketAddr>,
     /// An in-process memory network to join.
     #[cfg(feature = "memory")]
     pub memory: Option<p2p_transport_memory::MemoryNetwork>,
@@ -85,6 +93,10 @@ impl NodeOptions {
             quic_listen: None,
             #[cfg(feature = "quic")]
             quic: p2p_transport_quic::QuicConfig::default(),
+            #[cfg(feature = "lp2p")]
+            lp2p: None,
+            #[cfg(feature = "lp2p")]
+            lp2p_listen: None,
             #[cfg(feature = "memory")]
             memory: None,
             external_address: None,
@@ -118,6 +130,14 @@ impl NodeOptions {
     #[cfg(feature = "quic")]
     pub fn with_quic(mut self, addr: SocketAddr) -> Self {
         self.quic_listen = Some(addr);
+        self
+    }
+
+    /// Serves lp2p with `config` (on the QUIC listener's socket, or on `addr` without one).
+    #[cfg(feature = "lp2p")]
+    pub fn with_lp2p(mut self, addr: SocketAddr, config: p2p_transport_lp2p::Lp2pConfig) -> Self {
+        self.lp2p = Some(config);
+        self.lp2p_listen = Some(addr);
         self
     }
 
@@ -159,6 +179,9 @@ pub enum NodeError {
     /// The QUIC transport could not be set up.
     #[error("QUIC transport: {0}")]
     Quic(String),
+    /// The lp2p transport could not be set up.
+    #[error("lp2p transport: {0}")]
+    Lp2p(String),
     /// No transport: enable a listener, a memory network, or a transport feature.
     #[error("no transport is configured (enable MConn, QUIC or a memory network)")]
     NoTransport,
@@ -236,12 +259,16 @@ impl Node {
             not(any(feature = "mconn", feature = "quic", feature = "memory")),
             allow(unused_mut)
         )]
-        let mut addresses = Vec::new();
+        let mut addresses: Vec<NodeAddress> = Vec::new();
         #[cfg_attr(
             not(any(feature = "mconn", feature = "quic", feature = "memory")),
             allow(unused_mut)
         )]
         let mut transports = 0;
+        // The UDP socket QUIC listens on, which lp2p shares.
+        #[cfg(feature = "lp2p")]
+        #[cfg_attr(not(feature = "quic"), allow(unused_mut))]
+        let mut quic_endpoint: Option<p2p_quic_endpoint::QuicEndpoint> = None;
 
         #[cfg(feature = "mconn")]
         if let Some(addr) = options.mconn_listen {
@@ -276,6 +303,54 @@ impl Node {
                     other => NodeError::Quic(other.to_string()),
                 })?;
             addresses.push(socket_address(Protocol::QUIC, id, t.local_addr()));
+            #[cfg(feature = "lp2p")]
+            {
+                quic_endpoint = Some(t.endpoint().clone());
+            }
+            router.add_transport(Arc::new(t))?;
+            transports += 1;
+        }
+        #[cfg(feature = "lp2p")]
+        if let Some(config) = &options.lp2p {
+            let t = match &quic_endpoint {
+                Some(endpoint) => {
+                    p2p_transport_lp2p::Lp2pTransport::on_endpoint(endpoint, config.clone())
+                        .map_err(|e| NodeError::Lp2p(e.to_string()))
+                }
+                None => {
+                    let Some(mut addr) = options.lp2p_listen else {
+                        return Err(NodeError::Lp2p(
+                            "no listen address (set p2p.quic_laddr or p2p.laddr)".to_owned(),
+                        ));
+                    };
+                    if addr.port() == 0
+                        && let Some(mconn) =
+                            addresses.iter().find(|a| *a.protocol() == Protocol::MCONN)
+                        && let Some((_, port)) = mconn.host_port()
+                    {
+                        addr.set_port(port);
+                    }
+                    p2p_transport_lp2p::Lp2pTransport::bind(
+                        addr,
+                        &options.key,
+                        p2p_quic_endpoint::EndpointConfig::default(),
+                        config.clone(),
+                    )
+                    .map_err(|e| match e {
+                        p2p_transport_lp2p::Lp2pError::Endpoint(
+                            p2p_quic_endpoint::EndpointError::Io(source),
+                        ) => NodeError::Listen { protocol: Protocol::LP2P, addr, source },
+                        other => NodeError::Lp2p(other.to_string()),
+                    })
+                }
+            }?;
+            let local = t.local_addr();
+            addresses.push(NodeAddress::new_with_key(
+                Protocol::LP2P,
+                options.key.public_key(),
+                p2p::Host::Ip(local.ip()),
+                local.port(),
+            ));
             router.add_transport(Arc::new(t))?;
             transports += 1;
         }
@@ -405,7 +480,7 @@ impl Node {
     }
 
     /// Every address this node can be reached at, one per listener (`mconn://`, `quic://`,
-    /// `memory:`).
+    /// `lp2p://<peer id>@…`, `memory:`).
     pub fn addresses(&self) -> &[NodeAddress] {
         &self.addresses
     }
@@ -521,8 +596,12 @@ fn start_upnp(
         }
         if *address.protocol() == Protocol::MCONN {
             ports.push(PortRequest::mconn(port));
-        } else if *address.protocol() == Protocol::QUIC {
-            ports.push(PortRequest::quic(port));
+        } else if *address.protocol() == Protocol::QUIC || *address.protocol() == Protocol::LP2P {
+            // lp2p shares the QUIC socket: one UDP mapping serves both.
+            let udp = PortRequest::quic(port);
+            if !ports.contains(&udp) {
+                ports.push(udp);
+            }
         }
     }
     if ports.is_empty() {

@@ -7,6 +7,7 @@
 //! |------------------------------------|-----------------------------------------------------|
 //! | `mconn://<id>@<host>:<port>`       | MConnection over TCP                                |
 //! | `quic://<id>@<host>:<port>`        | QUIC                                                |
+//! | `lp2p://<peer-id>@<host>:<port>`   | CometBFT's libp2p over QUIC (`12D3KooW…` peer ID)   |
 //! | `<scheme>://<id>@<host>:<port>`    | any other transport registered at runtime           |
 //! | `<scheme>:<id>`                    | an opaque address, e.g. `memory:<id>`               |
 //! | `<id>@<host>:<port>`               | legacy CometBFT form, means `mconn`                 |
@@ -16,18 +17,27 @@
 //! lowercased, resolved on every dial). The port is a decimal number from 1 to 65535. Schemes,
 //! node IDs and DNS names are normalised to lowercase, so `parse(addr.to_string()) == addr`.
 //! Nothing is trimmed: whitespace anywhere is an error.
+//!
+//! `lp2p` addresses name the node by its libp2p peer ID (`12D3KooW…`, case-sensitive base58),
+//! which embeds the node's ed25519 key (see [`crate::peer_id`]); the [`NodeId`] is derived
+//! from it. A hex node ID cannot be turned into a peer ID (it is a hash), so an `lp2p` address
+//! with one is an error, and only `lp2p` addresses take a peer ID.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use ed25519_dalek::VerifyingKey;
+
 use crate::dns::{DnsError, Resolver};
+use crate::peer_id::{self, PeerIdError};
 use crate::types::{NodeId, NodeIdError};
 
 /// The forms a node address may take, for error messages.
 const EXPECTED: &str = "expected mconn://<node-id>@<host>:<port>, quic://<node-id>@<host>:<port>, \
-                        <node-id>@<host>:<port> or memory:<node-id>";
+                        lp2p://<12D3KooW-peer-id>@<host>:<port>, <node-id>@<host>:<port> or \
+                        memory:<node-id>";
 
 /// A transport protocol, named by its URL scheme (`mconn`, `quic`, `memory`, ...).
 ///
@@ -42,6 +52,9 @@ impl Protocol {
     pub const QUIC: Self = Self(Cow::Borrowed("quic"));
     /// The in-process memory transport used by tests and examples.
     pub const MEMORY: Self = Self(Cow::Borrowed("memory"));
+    /// CometBFT's libp2p-over-QUIC transport (`lp2p`, CometBFT v0.39+): addresses carry the
+    /// libp2p peer ID. Served by the `p2p-transport-lp2p` crate.
+    pub const LP2P: Self = Self(Cow::Borrowed("lp2p"));
 
     /// Validates a URL scheme and returns it as a protocol, lowercased.
     ///
@@ -57,6 +70,7 @@ impl Protocol {
             "mconn" => Self::MCONN,
             "quic" => Self::QUIC,
             "memory" => Self::MEMORY,
+            "lp2p" => Self::LP2P,
             _ => Self(Cow::Owned(lower)),
         })
     }
@@ -66,9 +80,9 @@ impl Protocol {
         &self.0
     }
 
-    /// Whether addresses of this protocol must have a host and port (`mconn`, `quic`).
+    /// Whether addresses of this protocol must have a host and port (`mconn`, `quic`, `lp2p`).
     fn needs_host(&self) -> bool {
-        *self == Self::MCONN || *self == Self::QUIC
+        *self == Self::MCONN || *self == Self::QUIC || *self == Self::LP2P
     }
 
     /// Whether addresses of this protocol must not have a host and port (`memory`).
@@ -148,10 +162,15 @@ impl FromStr for Host {
 }
 
 /// Where a node can be reached: protocol, node ID and either host and port or an opaque path.
+///
+/// An `lp2p` address also holds the node's public key, taken from its libp2p peer ID.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct NodeAddress {
     protocol: Protocol,
     node_id: NodeId,
+    /// The key named by a libp2p peer ID (`lp2p` addresses), validated; printed as that ID.
+    /// Raw bytes keep the address small.
+    key: Option<[u8; 32]>,
     target: Target,
 }
 
@@ -168,7 +187,18 @@ impl NodeAddress {
     /// not a valid DNS name make an address that prints but does not parse back. Parse user
     /// input with [`str::parse`] instead.
     pub fn new_host(protocol: Protocol, node_id: NodeId, host: Host, port: u16) -> Self {
-        Self { protocol, node_id, target: Target::HostPort(host, port) }
+        Self { protocol, node_id, key: None, target: Target::HostPort(host, port) }
+    }
+
+    /// An address naming the node by its public key, printed as its libp2p peer ID, e.g.
+    /// `lp2p://12D3KooW…@1.2.3.4:26656` (the node ID is derived from the key).
+    pub fn new_with_key(protocol: Protocol, key: VerifyingKey, host: Host, port: u16) -> Self {
+        Self {
+            protocol,
+            node_id: NodeId::from_public_key(&key),
+            key: Some(key.to_bytes()),
+            target: Target::HostPort(host, port),
+        }
     }
 
     /// An opaque address without host and port, e.g. `memory:<id>`.
@@ -176,13 +206,21 @@ impl NodeAddress {
     /// No validation happens here: an opaque `mconn` or `quic` address prints but does not
     /// parse back.
     pub fn new_opaque(protocol: Protocol, node_id: NodeId) -> Self {
-        Self { protocol, node_id, target: Target::Opaque }
+        Self { protocol, node_id, key: None, target: Target::Opaque }
     }
 
     /// The same node ID and host and port (or opaque path) under another protocol, e.g. the QUIC
-    /// twin of an MConn address.
+    /// twin of an MConn address. The public key, if any, is kept only for `lp2p` (other
+    /// protocols print the hex node ID); an `lp2p` twin of an address without a key prints but
+    /// does not parse back.
     pub fn with_protocol(&self, protocol: Protocol) -> Self {
-        Self { protocol, node_id: self.node_id, target: self.target.clone() }
+        let key = if protocol == Protocol::LP2P { self.key } else { None };
+        Self { protocol, node_id: self.node_id, key, target: self.target.clone() }
+    }
+
+    /// The node's public key, if the address names it (`lp2p` addresses do).
+    pub fn public_key(&self) -> Option<VerifyingKey> {
+        self.key.and_then(|k| VerifyingKey::from_bytes(&k).ok())
     }
 
     /// The protocol (URL scheme) of this address.
@@ -261,17 +299,20 @@ impl NodeAddress {
 
 impl fmt::Display for NodeAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = match self.public_key() {
+            Some(key) => peer_id::libp2p_peer_id(&key),
+            None => self.node_id.to_string(),
+        };
+        let protocol = &self.protocol;
         match &self.target {
             Target::HostPort(Host::Ip(IpAddr::V6(ip)), port) => {
-                write!(f, "{}://{}@[{ip}]:{port}", self.protocol, self.node_id)
+                write!(f, "{protocol}://{id}@[{ip}]:{port}")
             }
-            Target::HostPort(Host::Ip(ip), port) => {
-                write!(f, "{}://{}@{ip}:{port}", self.protocol, self.node_id)
-            }
+            Target::HostPort(Host::Ip(ip), port) => write!(f, "{protocol}://{id}@{ip}:{port}"),
             Target::HostPort(Host::Dns(name), port) => {
-                write!(f, "{}://{}@{name}:{port}", self.protocol, self.node_id)
+                write!(f, "{protocol}://{id}@{name}:{port}")
             }
-            Target::Opaque => write!(f, "{}:{}", self.protocol, self.node_id),
+            Target::Opaque => write!(f, "{protocol}:{id}"),
         }
     }
 }
@@ -330,6 +371,39 @@ pub enum ParseAddressError {
         input: String,
         /// What is wrong with the node ID.
         source: NodeIdError,
+    },
+    /// An `lp2p` address whose ID is not the libp2p peer ID of an ed25519 key.
+    #[error(
+        "node address {input:?} has an invalid libp2p peer ID: {source}; an lp2p address names \
+         the node by its 12D3KooW... peer ID (`cometbft show-node-id --libp2p` or \
+         `p2pd show-node-address` print it)"
+    )]
+    BadPeerId {
+        /// The rejected input.
+        input: String,
+        /// What is wrong with the peer ID.
+        source: PeerIdError,
+    },
+    /// An `lp2p` address with a hex node ID, which cannot be turned into a peer ID.
+    #[error(
+        "node address {input:?}: lp2p addresses need the node's libp2p peer ID (12D3KooW...), \
+         not its hex node ID, which cannot be turned into one (`cometbft show-node-id --libp2p` \
+         or `p2pd show-node-address` print it)"
+    )]
+    Lp2pNeedsPeerId {
+        /// The rejected input.
+        input: String,
+    },
+    /// A libp2p peer ID in an address of another protocol (only `lp2p` takes one).
+    #[error(
+        "node address {input:?}: only lp2p:// addresses take a libp2p peer ID; {protocol} \
+         addresses name the node by its 40-hex node ID"
+    )]
+    PeerIdNotAllowed {
+        /// The rejected input.
+        input: String,
+        /// The protocol.
+        protocol: Protocol,
     },
     /// There is a `user:password@` part instead of a node ID.
     #[error(
@@ -531,6 +605,18 @@ fn parse_host_address(
     }
     if id.is_empty() {
         return Err(ParseAddressError::MissingNodeId { input: input.to_owned() });
+    }
+    if protocol == Protocol::LP2P {
+        if id.parse::<NodeId>().is_ok() {
+            return Err(ParseAddressError::Lp2pNeedsPeerId { input: input.to_owned() });
+        }
+        let key = peer_id::parse_libp2p_peer_id(id)
+            .map_err(|source| ParseAddressError::BadPeerId { input: input.to_owned(), source })?;
+        let (host, port) = parse_host_port(input, host_port, 1)?;
+        return Ok(NodeAddress::new_with_key(protocol, key, host, port));
+    }
+    if peer_id::looks_like_peer_id(id) && peer_id::parse_libp2p_peer_id(id).is_ok() {
+        return Err(ParseAddressError::PeerIdNotAllowed { input: input.to_owned(), protocol });
     }
     let node_id = parse_node_id(input, id)?;
     let (host, port) = parse_host_port(input, host_port, 1)?;
@@ -1099,5 +1185,52 @@ mod tests {
         let e = a.resolve().await.unwrap_err();
         assert_eq!(e.host(), "no-such-host.invalid");
         assert!(e.to_string().contains("no-such-host.invalid"), "{e}");
+    }
+
+    /// `wire-lp2p.md` §2: the peer ID of the key with seed 0x00..0x1f, and its hex node ID.
+    const PEER_ID: &str = "12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB";
+    const PEER_NODE_ID: &str = "56475aa75463474c0285df5dbf2bcab73da65135";
+
+    #[test]
+    fn lp2p_addresses_carry_the_peer_id() {
+        let input = format!("lp2p://{PEER_ID}@127.0.0.1:26656");
+        let a = parse(&input);
+        assert_eq!(a.protocol(), &Protocol::LP2P);
+        assert_eq!(a.node_id().to_string(), PEER_NODE_ID);
+        assert_eq!(a.to_string(), input);
+        let key = a.public_key().unwrap();
+        assert_eq!(peer_id::libp2p_peer_id(&key), PEER_ID);
+        assert_eq!(
+            NodeAddress::new_with_key(Protocol::LP2P, key, Host::Ip([127, 0, 0, 1].into()), 26656),
+            a
+        );
+        // DNS and IPv6 hosts, upper-case scheme.
+        let b = parse(&format!("LP2P://{PEER_ID}@Seed.Example.org:1"));
+        assert_eq!(b.to_string(), format!("lp2p://{PEER_ID}@seed.example.org:1"));
+        let c = parse(&format!("lp2p://{PEER_ID}@[::1]:2"));
+        assert_eq!(parse(&c.to_string()), c);
+        // The twin under another protocol prints the hex ID; back under lp2p it keeps no key
+        // it never had, but an lp2p address keeps its own.
+        let quic = a.with_protocol(Protocol::QUIC);
+        assert_eq!(quic.to_string(), format!("quic://{PEER_NODE_ID}@127.0.0.1:26656"));
+        assert_eq!(quic.public_key(), None);
+        assert_eq!(a.with_protocol(Protocol::LP2P), a);
+    }
+
+    #[test]
+    fn lp2p_addresses_refuse_hex_ids_and_others_refuse_peer_ids() {
+        let e = err(&format!("lp2p://{PEER_NODE_ID}@1.2.3.4:5"));
+        assert!(matches!(e, ParseAddressError::Lp2pNeedsPeerId { .. }), "{e:?}");
+        assert!(e.to_string().contains("show-node-id --libp2p"), "{e}");
+        let e = err("lp2p://16Uiu2HAmKJ6fm5bVvKqEZsfaVD9MYWmb1TtwVS5sN9zRgiFEZ6dG@1.2.3.4:5");
+        assert!(matches!(e, ParseAddressError::BadPeerId { .. }), "{e:?}");
+        let e = err(&format!("lp2p://{PEER_ID}@1.2.3.4"));
+        assert!(matches!(e, ParseAddressError::MissingPort { .. }), "{e:?}");
+        let e = err(&format!("lp2p:{PEER_ID}"));
+        assert!(matches!(e, ParseAddressError::ProtocolNeedsHost { .. }), "{e:?}");
+        for scheme in ["mconn://", "quic://", ""] {
+            let e = err(&format!("{scheme}{PEER_ID}@1.2.3.4:5"));
+            assert!(matches!(e, ParseAddressError::PeerIdNotAllowed { .. }), "{scheme}: {e:?}");
+        }
     }
 }

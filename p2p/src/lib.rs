@@ -1,6 +1,7 @@
 //! Core of a Tendermint ADR-062 style peer-to-peer stack.
 //!
-//! * [`NodeId`], [`NodeKey`], [`NodeInfo`], [`NodeAddress`]: identities and addresses.
+//! * [`NodeId`], [`NodeKey`], [`NodeInfo`], [`NodeAddress`]: identities and addresses;
+//!   [`peer_id`]: the libp2p peer IDs (`12D3KooW…`) of ed25519 keys, for `lp2p://` addresses.
 //! * [`Resolver`]: DNS for host names in addresses (system configuration or a given server),
 //!   looked up on every dial, cached for the records' TTLs.
 //! * [`Transport`] / [`Connection`]: what a transport crate implements (`mconn`, `quic`, `memory`).
@@ -25,6 +26,7 @@ pub mod echo;
 pub mod key;
 pub mod mempool;
 pub mod node_info;
+pub mod peer_id;
 pub mod peer_manager;
 pub mod pex;
 pub mod router;
@@ -39,6 +41,7 @@ pub use address::{
 pub use dns::{DnsError, Resolver};
 pub use key::{NodeKey, NodeKeyError};
 pub use node_info::{MAX_CHANNELS, MAX_NODE_INFO_SIZE, NodeInfo, NodeInfoError, ProtocolVersion};
+pub use peer_id::{PeerIdError, libp2p_peer_id, parse_libp2p_peer_id};
 pub use peer_manager::{
     Direction, PeerManager, PeerManagerConfig, PeerStatus, PeerStore, PeerUpdate, Severity,
 };

@@ -73,6 +73,38 @@ pub mod tendermint {
     pub mod consensus {
         include!("generated/tendermint.consensus.rs");
     }
+
+    /// `tendermint.blocksync`: the status request and response (the first message an lp2p
+    /// node sends to a CometBFT lp2p peer).
+    #[allow(
+        missing_docs,
+        missing_debug_implementations,
+        unreachable_pub,
+        unused_qualifications,
+        clippy::all,
+        clippy::pedantic,
+        clippy::nursery
+    )]
+    pub mod blocksync {
+        include!("generated/tendermint.blocksync.rs");
+    }
+}
+
+/// libp2p protocols spoken by the lp2p transport.
+pub mod libp2p {
+    /// `libp2p.identify` (libp2p's `identify.pb`): the identify message of `/ipfs/id/1.0.0`.
+    #[allow(
+        missing_docs,
+        missing_debug_implementations,
+        unreachable_pub,
+        unused_qualifications,
+        clippy::all,
+        clippy::pedantic,
+        clippy::nursery
+    )]
+    pub mod identify {
+        include!("generated/libp2p.identify.rs");
+    }
 }
 
 /// This project's own protobuf packages.

@@ -26,15 +26,12 @@ use p2p::{
     MAX_NODE_INFO_SIZE, NodeInfo, NodeInfoError, NodeKey,
 };
 use quinn::{ReadExactError, RecvStream, SendStream, VarInt};
-use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::debug;
 
-use crate::{QuicConfig, error_code, identity};
-
-/// Most bytes of a close reason sent or reported (QUIC frames must fit in one packet).
-const MAX_REASON: usize = 256;
+use crate::{QuicConfig, error_code};
+use p2p_quic_endpoint::{Accepted, PriorityInbound, errors};
 
 /// Most bytes a peer may write on the control stream after its NodeInfo.
 const CONTROL_TAIL_LIMIT: usize = 1024;
@@ -43,15 +40,14 @@ const CONTROL_TAIL_LIMIT: usize = 1024;
 /// capacity of a large message's buffer.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// The TLS `no_application_protocol` alert.
-const NO_APPLICATION_PROTOCOL_ALERT: u8 = 120;
-
 /// A failure and the application error code to close the connection with (0: do not close,
 /// the connection is already gone).
 type Failure = (ConnectionError, u32);
 
 enum Pending {
-    Inbound(Box<quinn::Incoming>),
+    Inbound(quinn::Connecting),
+    /// Failed in its first packet (see [`Accepted::Failed`]).
+    Failed(quinn::ConnectionError),
     Outbound(quinn::Connecting),
     /// Outbound, TLS handshake done by [`Connection::establish`].
     Established(quinn::Connection),
@@ -85,80 +81,11 @@ struct Running {
     conn: quinn::Connection,
     priorities: HashMap<u8, u8>,
     writers: Mutex<Writers>,
-    inbound: Arc<Inbound>,
+    inbound: Arc<PriorityInbound>,
     /// Serialises [`Connection::receive`] calls.
     receiving: tokio::sync::Mutex<()>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
     control: tokio::sync::Mutex<Option<SendStream>>,
-}
-
-/// Received messages, one bounded queue per channel (filled by that channel's stream reader),
-/// so a channel whose queue is full stops only its own reader: a flood on a bulk channel never
-/// queues ahead of a vote. [`Connection::receive`] takes from the highest-priority channel that
-/// has a message, round-robin among channels of equal priority.
-struct Inbound {
-    /// Sorted by priority, highest first.
-    queues: Mutex<Vec<InboundQueue>>,
-    /// A reader queued a message, or the accept loop ended.
-    ready: tokio::sync::Notify,
-    /// The accept loop ended: no new streams; the queues drain, then `receive` fails.
-    done: std::sync::atomic::AtomicBool,
-    /// Messages per channel queue.
-    capacity: usize,
-    priorities: HashMap<u8, u8>,
-}
-
-struct InboundQueue {
-    channel: u8,
-    priority: u8,
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Inbound {
-    fn new(capacity: usize, priorities: HashMap<u8, u8>) -> Self {
-        Self {
-            queues: Mutex::new(Vec::new()),
-            ready: tokio::sync::Notify::new(),
-            done: std::sync::atomic::AtomicBool::new(false),
-            capacity: capacity.max(1),
-            priorities,
-        }
-    }
-
-    /// The queue of `channel`'s (only) stream.
-    fn register(&self, channel: u8) -> mpsc::Sender<Bytes> {
-        let (tx, rx) = mpsc::channel(self.capacity);
-        let priority = self.priorities.get(&channel).copied().unwrap_or(0);
-        let mut queues = lock(&self.queues);
-        let at = queues.iter().position(|q| q.priority < priority).unwrap_or(queues.len());
-        queues.insert(at, InboundQueue { channel, priority, rx });
-        tx
-    }
-
-    /// The next message by priority, if any.
-    fn take(&self) -> Option<(ChannelId, Bytes)> {
-        let mut queues = lock(&self.queues);
-        let mut found = None;
-        for (i, q) in queues.iter_mut().enumerate() {
-            if let Ok(message) = q.rx.try_recv() {
-                found = Some((i, q.priority, ChannelId(q.channel), message));
-                break;
-            }
-        }
-        let (i, priority, channel, message) = found?;
-        // Round-robin: the queue served goes last among those of its priority.
-        let end = (queues.iter().skip(i)).take_while(|q| q.priority == priority).count() + i;
-        if let Some(group) = queues.get_mut(i..end) {
-            group.rotate_left(1);
-        }
-        Some((channel, message))
-    }
-
-    /// The accept loop ended.
-    fn finish(&self) {
-        self.done.store(true, std::sync::atomic::Ordering::Release);
-        self.ready.notify_one();
-    }
 }
 
 enum State {
@@ -197,12 +124,18 @@ impl Drop for QuicConnection {
 
 impl QuicConnection {
     pub(crate) fn inbound(
-        incoming: quinn::Incoming,
+        accepted: Accepted,
         local: Endpoint,
         remote: Endpoint,
         config: QuicConfig,
     ) -> Self {
-        Self { state: State::Pending(Pending::Inbound(Box::new(incoming))), local, remote, config }
+        let pending = match accepted {
+            Accepted::Connecting(connecting) => Pending::Inbound(connecting),
+            Accepted::Failed { error, .. } => Pending::Failed(error),
+            // A variant added later: nothing to handshake with.
+            _ => Pending::Failed(quinn::ConnectionError::LocallyClosed),
+        };
+        Self { state: State::Pending(pending), local, remote, config }
     }
 
     pub(crate) fn outbound(
@@ -230,50 +163,12 @@ fn set_failure(failure: &Mutex<Option<ConnectionError>>, e: ConnectionError) {
     lock(failure).get_or_insert(e);
 }
 
-/// Maps a quinn connection error to ours: a normal close is [`ConnectionError::Closed`]; an
-/// error close by the peer, a timeout or a transport error is an I/O error (the router does not
-/// blame the peer for those).
 fn conn_err(e: quinn::ConnectionError) -> ConnectionError {
-    use std::io::{Error, ErrorKind};
-    match e {
-        quinn::ConnectionError::LocallyClosed => ConnectionError::Closed,
-        quinn::ConnectionError::ApplicationClosed(ref c)
-            if c.error_code == VarInt::from_u32(error_code::NO_ERROR) =>
-        {
-            ConnectionError::Closed
-        }
-        quinn::ConnectionError::ApplicationClosed(c) => ConnectionError::ClosedByPeer {
-            code: c.error_code.into_inner(),
-            reason: String::from_utf8_lossy(c.reason.get(..MAX_REASON).unwrap_or(&c.reason))
-                .into_owned(),
-        },
-        quinn::ConnectionError::TimedOut => {
-            ConnectionError::Io(Error::new(ErrorKind::TimedOut, "QUIC connection timed out"))
-        }
-        e => ConnectionError::Io(Error::new(ErrorKind::ConnectionAborted, e.to_string())),
-    }
+    errors::connection_error(e)
 }
 
-/// Maps a failed QUIC/TLS handshake: no common ALPN protocol (TLS alert 120, which QUIC
-/// requires for it) is a protocol mismatch, any other TLS alert an authentication failure.
 fn handshake_err(e: quinn::ConnectionError) -> HandshakeError {
-    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
-    let no_alpn = quinn::TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL_ALERT);
-    match &e {
-        quinn::ConnectionError::TransportError(t) if t.code == no_alpn => {
-            HandshakeError::Protocol(format!("no common ALPN protocol (we speak p2p-quic/1): {e}"))
-        }
-        quinn::ConnectionError::ConnectionClosed(c) if c.error_code == no_alpn => {
-            HandshakeError::Protocol(format!("peer does not speak p2p-quic/1 (ALPN): {e}"))
-        }
-        quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
-            HandshakeError::Authentication(format!("TLS handshake failed: {e}"))
-        }
-        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
-            HandshakeError::Authentication(format!("peer rejected the TLS handshake: {e}"))
-        }
-        _ => HandshakeError::Connection(conn_err(e)),
-    }
+    errors::handshake_error(e, "p2p-quic/1")
 }
 
 fn read_err(e: quinn::ReadError) -> Failure {
@@ -395,13 +290,7 @@ async fn exchange_node_info(
 }
 
 fn peer_key(conn: &quinn::Connection) -> Result<VerifyingKey, HandshakeError> {
-    let certs = conn
-        .peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| HandshakeError::Authentication("peer presented no certificate".into()))?;
-    let peer = identity::peer_node_id(&certs)
-        .map_err(|e| HandshakeError::Authentication(e.to_string()))?;
-    Ok(peer.public_key)
+    errors::peer_public_key(conn)
 }
 
 #[async_trait]
@@ -432,10 +321,8 @@ impl Connection for QuicConnection {
         };
         // The TLS handshake (our key was bound into the endpoint's certificate).
         let (conn, dialer) = match pending {
-            Pending::Inbound(incoming) => {
-                let connecting = incoming.accept().map_err(handshake_err)?;
-                (connecting.await.map_err(handshake_err)?, false)
-            }
+            Pending::Inbound(connecting) => (connecting.await.map_err(handshake_err)?, false),
+            Pending::Failed(error) => return Err(handshake_err(error)),
             Pending::Outbound(connecting) => (connecting.await.map_err(handshake_err)?, true),
             Pending::Established(conn) => (conn, true),
         };
@@ -465,7 +352,7 @@ impl Connection for QuicConnection {
         let limits: Arc<HashMap<u8, usize>> =
             Arc::new(channels.iter().map(|d| (d.id.0, d.max_message_size)).collect());
         let priorities: HashMap<u8, u8> = channels.iter().map(|d| (d.id.0, d.priority)).collect();
-        let inbound = Arc::new(Inbound::new(self.config.receive_queue, priorities.clone()));
+        let inbound = Arc::new(PriorityInbound::new(self.config.receive_queue, priorities.clone()));
         let failure = Arc::new(Mutex::new(None));
         let accept =
             accept_loop(conn.clone(), control_recv, limits, inbound.clone(), failure.clone());
@@ -529,23 +416,11 @@ impl Connection for QuicConnection {
 
     async fn receive(&self) -> Result<(ChannelId, Bytes), ConnectionError> {
         let running = self.running()?;
-        let inbound = &running.inbound;
         let _one_at_a_time = running.receiving.lock().await;
-        loop {
-            let ready = inbound.ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            if let Some(message) = inbound.take() {
-                return Ok(message);
-            }
-            if inbound.done.load(std::sync::atomic::Ordering::Acquire) {
-                // Readers are gone once the accept loop ended; what they queued is above.
-                return match inbound.take() {
-                    Some(message) => Ok(message),
-                    None => Err(lock(&running.failure).take().unwrap_or(ConnectionError::Closed)),
-                };
-            }
-            ready.await;
+        match running.inbound.receive().await {
+            Some(message) => Ok(message),
+            // Readers are gone once the accept loop ended and what they queued was taken.
+            None => Err(lock(&running.failure).take().unwrap_or(ConnectionError::Closed)),
         }
     }
 
@@ -567,12 +442,7 @@ impl Connection for QuicConnection {
         let Ok(running) = self.running() else { return };
         lock(&running.writers).closing = true;
         // Not a graceful close: what is unsent is dropped, the peer learns why at once.
-        let text = reason.text().as_bytes();
-        let mut end = text.len().min(MAX_REASON);
-        while end > 0 && !reason.text().is_char_boundary(end) {
-            end -= 1;
-        }
-        running.conn.close(VarInt::from_u32(code), text.get(..end).unwrap_or_default());
+        running.conn.close(VarInt::from_u32(code), errors::reason_bytes(reason.text()));
     }
 
     async fn close(&self) {
@@ -684,7 +554,7 @@ async fn accept_loop(
     conn: quinn::Connection,
     mut control: RecvStream,
     limits: Arc<HashMap<u8, usize>>,
-    inbound: Arc<Inbound>,
+    inbound: Arc<PriorityInbound>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
 ) {
     let seen = Arc::new(Mutex::new(HashSet::new()));
@@ -751,7 +621,7 @@ async fn reader(
     conn: quinn::Connection,
     limits: Arc<HashMap<u8, usize>>,
     seen: Arc<Mutex<HashSet<u8>>>,
-    inbound: Arc<Inbound>,
+    inbound: Arc<PriorityInbound>,
     failure: Arc<Mutex<Option<ConnectionError>>>,
 ) {
     let result = async {
@@ -780,10 +650,10 @@ async fn reader(
                 ));
             }
             let body = read_body(&mut stream, len).await?;
-            if queue.send(Bytes::from(body)).await.is_err() {
+            if !queue.send(Bytes::from(body)).await {
                 return Ok(());
             }
-            inbound.ready.notify_one();
+            inbound.notify();
         }
     }
     .await;

@@ -54,10 +54,17 @@
 //! dropped datagram waits for loss recovery: p99 tails of 7–25 ms instead of about 1 ms.
 //!
 //! Keep-alive every 15 s, idle timeout 30 s; at most 256 concurrent unidirectional streams (one
-//! per channel ID) and 4 bidirectional ones (the control stream).
+//! per channel ID) and 4 bidirectional ones (the control stream; an endpoint shared with the
+//! lp2p transport advertises 256, and a `p2p-quic/1` peer that opens a second one is closed).
+//!
+//! # Sharing the UDP port
+//!
+//! [`QuicTransport::bind`] makes its own [`QuicEndpoint`]; [`QuicTransport::on_endpoint`]
+//! serves `p2p-quic/1` on an existing one, next to other protocols (CometBFT's lp2p, ALPN
+//! `libp2p`): the endpoint reads each client's ALPN and hands the connection to the transport
+//! that serves it.
 
 mod conn;
-pub mod identity;
 mod transport;
 
 use std::time::Duration;
@@ -68,6 +75,9 @@ pub use identity::{
     VerifiedPeer, client_config, generate_certificate, identity_error, libp2p_peer_id,
     peer_node_id, server_config, verify_certificate,
 };
+/// The libp2p TLS identity (shared with the lp2p transport; see [`p2p_quic_endpoint`]).
+pub use p2p_quic_endpoint::identity;
+pub use p2p_quic_endpoint::{EndpointConfig, EndpointError, QuicEndpoint};
 pub use transport::QuicTransport;
 
 /// The ALPN protocol of the native protocol described in the crate documentation.
@@ -116,6 +126,21 @@ pub struct QuicConfig {
     pub socket_buffer: usize,
 }
 
+impl QuicConfig {
+    /// The settings of a [`QuicEndpoint`] for this configuration (socket buffer, keep-alive,
+    /// idle timeout, windows), for [`QuicTransport::on_endpoint`] and endpoints shared with
+    /// other QUIC protocols.
+    pub fn endpoint_config(&self) -> EndpointConfig {
+        let mut e = EndpointConfig::default();
+        e.keep_alive_interval = self.keep_alive_interval;
+        e.idle_timeout = self.idle_timeout;
+        e.stream_receive_window = self.stream_receive_window;
+        e.receive_window = self.receive_window;
+        e.socket_buffer = self.socket_buffer;
+        e
+    }
+}
+
 impl Default for QuicConfig {
     fn default() -> Self {
         Self {
@@ -146,4 +171,19 @@ pub enum QuicError {
     /// Binding the UDP socket failed.
     #[error("binding the QUIC endpoint failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The shared endpoint refused (e.g. it already serves `p2p-quic/1`).
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(EndpointError),
+}
+
+impl From<EndpointError> for QuicError {
+    fn from(e: EndpointError) -> Self {
+        match e {
+            EndpointError::Io(e) => Self::Io(e),
+            EndpointError::Identity(e) => Self::Identity(e),
+            EndpointError::Tls(e) => Self::Tls(e),
+            EndpointError::Config(e) => Self::Config(e),
+            other => Self::Endpoint(other),
+        }
+    }
 }

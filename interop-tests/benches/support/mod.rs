@@ -93,7 +93,8 @@ pub(crate) struct Measure {
 pub(crate) struct RustPeer {
     key: NodeKey,
     info: NodeInfo,
-    transport: MConnTransport,
+    transport: Box<dyn Transport>,
+    protocol: Protocol,
     port: u16,
 }
 
@@ -107,7 +108,32 @@ impl RustPeer {
         let key = NodeKey::generate();
         let info = NodeInfo::new(key.node_id(), chain_id, moniker, [CHANNEL])
             .with_listen_addr(format!("127.0.0.1:{port}"));
-        Ok(Self { key, info, transport, port })
+        Ok(Self { key, info, transport: Box::new(transport), protocol: Protocol::MCONN, port })
+    }
+
+    /// Listens for CometBFT's lp2p on 127.0.0.1 (a free UDP port): the Rust end of a `golp2p`
+    /// pairing. No greeting (the first bench message provisions us at a Go peer), no ping.
+    pub(crate) async fn listen_lp2p(chain_id: &str, moniker: &str) -> anyhow::Result<Self> {
+        let key = NodeKey::generate();
+        let mut config = p2p_transport_lp2p::Lp2pConfig::default();
+        config.greeting = None;
+        config.ping_on_connect = false;
+        let transport = p2p_transport_lp2p::Lp2pTransport::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &key,
+            p2p_quic_endpoint::EndpointConfig::default(),
+            config,
+        )
+        .context("binding the Rust lp2p transport")?;
+        let port = transport.local_addr().port();
+        let info = NodeInfo::new(key.node_id(), chain_id, moniker, [CHANNEL])
+            .with_listen_addr(format!("127.0.0.1:{port}"));
+        Ok(Self { key, info, transport: Box::new(transport), protocol: Protocol::LP2P, port })
+    }
+
+    /// Whether messages arrive in order (not on lp2p).
+    pub(crate) fn ordered(&self) -> bool {
+        self.protocol != Protocol::LP2P
     }
 
     /// Our node ID.
@@ -115,8 +141,12 @@ impl RustPeer {
         self.key.node_id()
     }
 
-    /// `<id>@127.0.0.1:<port>`.
+    /// `<id>@127.0.0.1:<port>` (lp2p: the libp2p peer ID).
     pub(crate) fn address(&self) -> String {
+        if self.protocol == Protocol::LP2P {
+            let id = p2p::peer_id::libp2p_peer_id(&self.key.public_key());
+            return format!("{id}@127.0.0.1:{}", self.port);
+        }
         format!("{}@127.0.0.1:{}", self.node_id(), self.port)
     }
 
@@ -131,13 +161,19 @@ impl RustPeer {
         Ok(conn)
     }
 
-    /// Dials `<id>@host:port` and handshakes; checks the peer's ID and network.
+    /// Dials `<id>@host:port` (lp2p: `<peer id>@host:port`) and handshakes; checks the peer's
+    /// ID and network.
     pub(crate) async fn dial(&self, address: &str) -> anyhow::Result<Box<dyn Connection>> {
         let (id, addr) = address.split_once('@').ok_or_else(|| anyhow!("no id in {address}"))?;
         let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+        let id = if self.protocol == Protocol::LP2P {
+            p2p::peer_id::node_id_of_peer_id(id)?.to_string()
+        } else {
+            id.to_owned()
+        };
         let mut conn = self
             .transport
-            .dial(&Endpoint::socket(Protocol::MCONN, addr))
+            .dial(&Endpoint::socket(self.protocol.clone(), addr))
             .await
             .with_context(|| format!("dialing {address}"))?;
         let (info, key) = conn
@@ -382,6 +418,9 @@ pub(crate) struct SinkSpec {
     pub(crate) duration: Option<Duration>,
     /// Limit of the whole exchange.
     pub(crate) timeout: Duration,
+    /// Whether the transport keeps per-channel order (lp2p does not: then every number is
+    /// checked to arrive once, and the end marker may overtake messages of the timeframe).
+    pub(crate) ordered: bool,
 }
 
 /// What a sink measured: the counted messages (send-timeframe: `seconds` is the duration) and
@@ -434,8 +473,15 @@ pub(crate) async fn sink(
     count: u64,
     timeout: Duration,
 ) -> anyhow::Result<Measure> {
-    let spec =
-        SinkSpec { size, count, concurrency: 1, delay: Duration::ZERO, duration: None, timeout };
+    let spec = SinkSpec {
+        size,
+        count,
+        concurrency: 1,
+        delay: Duration::ZERO,
+        duration: None,
+        timeout,
+        ordered: true,
+    };
     Ok(sink_with(conn, &spec).await?.measure)
 }
 
@@ -446,27 +492,48 @@ pub(crate) async fn sink_with(
     spec: &SinkSpec,
 ) -> anyhow::Result<SinkReport> {
     let tx_len = tx_len_for(spec.size)?;
-    let mut check =
-        if spec.concurrency <= 1 { SeqCheck::InOrder(0) } else { SeqCheck::Once(Vec::new()) };
+    let mut check = if spec.concurrency <= 1 && spec.ordered {
+        SeqCheck::InOrder(0)
+    } else {
+        SeqCheck::Once(Vec::new())
+    };
     // Sequence numbers of a timeframe are unbounded; this only guards the bitset's size.
     let limit = spec.duration.map_or(spec.count, |_| 1 << 40);
     let mut got = 0u64;
     let mut first = None;
     let mut last = None;
     let mut latencies = Vec::with_capacity(spec.count.min(1 << 20) as usize);
+    // Unordered: the end marker may overtake messages of the window; then the window's end
+    // (from the first message) is awaited.
+    let mut window_end: Option<tokio::time::Instant> = None;
     let run = async {
         loop {
             if spec.duration.is_none() && got == spec.count {
                 break;
             }
+            let received = match window_end {
+                Some(end) => match tokio::time::timeout_at(end, conn.receive()).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+                None => conn.receive().await,
+            };
             let (channel, bytes) =
-                conn.receive().await.with_context(|| format!("receiving after {got} messages"))?;
+                received.with_context(|| format!("receiving after {got} messages"))?;
             let now = Instant::now();
             let nanos = unix_nanos();
             ensure!(channel == CHANNEL, "message on unexpected channel {channel:?}");
             let txs = decode_txs(&bytes)?;
-            if spec.duration.is_some() && txs == [END_TX] {
-                break;
+            if let Some(d) = spec.duration
+                && txs == [END_TX]
+            {
+                match first {
+                    Some((start, _)) if !spec.ordered && now - start < d => {
+                        window_end = Some(tokio::time::Instant::from_std(start + d));
+                        continue;
+                    }
+                    _ => break,
+                }
             }
             ensure!(bytes.len() == spec.size, "{} bytes, expected {}", bytes.len(), spec.size);
             let [tx] = txs.as_slice() else { bail!("{} txs in one message", txs.len()) };

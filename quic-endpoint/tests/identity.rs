@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use p2p::{NodeId, NodeKey};
-use p2p_transport_quic::identity::{
+use p2p_quic_endpoint::identity::{
     DUMMY_SERVER_NAME, IdentityError, LIBP2P_ALPN, LIBP2P_EXTENSION_OID, SIGNATURE_PREFIX,
     client_config, generate_certificate, identity_error, libp2p_peer_id, peer_node_id,
     server_config, verify_certificate,

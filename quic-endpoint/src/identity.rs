@@ -179,47 +179,14 @@ pub enum IdentityError {
     },
 }
 
-/// The libp2p peer ID of an ed25519 key: base58btc of the identity multihash
-/// `00 24 08 01 12 20 || pk` (a 52-character string starting with `12D3KooW`).
+/// The libp2p peer ID of an ed25519 key (`12D3KooW…`); see [`p2p::peer_id`].
 pub fn libp2p_peer_id(key: &VerifyingKey) -> String {
-    let mut multihash = Vec::with_capacity(38);
-    multihash.extend_from_slice(&[0x00, 0x24]);
-    multihash.extend_from_slice(&libp2p_public_key_protobuf(key));
-    base58_encode(&multihash)
+    p2p::peer_id::libp2p_peer_id(key)
 }
 
 /// The protobuf libp2p `PublicKey { Type: Ed25519, Data: pk }` = `08 01 12 20 || pk`.
 fn libp2p_public_key_protobuf(key: &VerifyingKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(36);
-    out.extend_from_slice(&[0x08, 0x01, 0x12, 0x20]);
-    out.extend_from_slice(key.as_bytes());
-    out
-}
-
-/// Base58 (Bitcoin alphabet) encoding.
-fn base58_encode(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-    // Little-endian base-58 digits.
-    let mut digits: Vec<u8> = Vec::with_capacity(input.len() * 138 / 100 + 1);
-    for &byte in input {
-        let mut carry = u32::from(byte);
-        for digit in &mut digits {
-            carry += u32::from(*digit) << 8;
-            *digit = (carry % 58) as u8;
-            carry /= 58;
-        }
-        while carry > 0 {
-            digits.push((carry % 58) as u8);
-            carry /= 58;
-        }
-    }
-    let zeros = input.iter().take_while(|&&b| b == 0).count();
-    let mut out = String::with_capacity(zeros + digits.len());
-    out.extend(std::iter::repeat_n('1', zeros));
-    out.extend(
-        digits.iter().rev().map(|&d| ALPHABET.get(usize::from(d)).map_or('1', |&c| char::from(c))),
-    );
-    out
+    p2p::peer_id::libp2p_public_key(key).to_vec()
 }
 
 /// A DER TLV with a short- or long-form length (up to 65535 bytes of content).
@@ -616,6 +583,16 @@ impl ClientCertVerifier for ClientVerifier {
 /// resumption, no early data. `alpn` is the single ALPN protocol offered (none if empty; use
 /// [`LIBP2P_ALPN`] for libp2p compatibility).
 pub fn server_config(key: &NodeKey, alpn: &[u8]) -> Result<rustls::ServerConfig, IdentityError> {
+    let alpns: &[&[u8]] = if alpn.is_empty() { &[] } else { &[alpn] };
+    server_config_for(key, alpns)
+}
+
+/// Like [`server_config`], offering several ALPN protocols (in order of preference): one
+/// endpoint serving several protocols on one UDP port, each client naming the one it speaks.
+pub fn server_config_for(
+    key: &NodeKey,
+    alpns: &[&[u8]],
+) -> Result<rustls::ServerConfig, IdentityError> {
     let provider = provider();
     let (cert, private_key) = generate_certificate(key)?;
     let verifier = Arc::new(ClientVerifier { provider: Arc::clone(&provider) });
@@ -625,9 +602,7 @@ pub fn server_config(key: &NodeKey, alpn: &[u8]) -> Result<rustls::ServerConfig,
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert], private_key)
         .map_err(IdentityError::Config)?;
-    if !alpn.is_empty() {
-        config.alpn_protocols = vec![alpn.to_vec()];
-    }
+    config.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.max_early_data_size = 0;
@@ -670,14 +645,6 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base58_known_values() {
-        assert_eq!(base58_encode(b""), "");
-        assert_eq!(base58_encode(&[0]), "1");
-        assert_eq!(base58_encode(&[0, 0, 1]), "112");
-        assert_eq!(base58_encode(b"hello world"), "StV1DL6CwTryKyV");
-    }
 
     #[test]
     fn varint_limits() {

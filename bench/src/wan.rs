@@ -1,0 +1,564 @@
+//! The WAN rows (`--wan`, issue 13): the same measurements as the loopback QoS rows, but with
+//! each end in its own network namespace of a [`p2p_wanlab::Lab`], joined by an emulated link
+//! of a named profile (`lan`, `continent`, `intercontinental`, `lossy`; see
+//! [`p2p_wanlab::profile`]). Real kernel TCP (CUBIC, the lab's default) and UDP run on both
+//! ends.
+//!
+//! Per profile, in one lab:
+//! * `qos.<pairing>`: a 200 B probe every [`PROBE_INTERVAL`] on a high-priority channel, idle
+//!   (the floor) and then while a low-priority channel to the same peer is flooded with 64 KiB
+//!   messages (after [`settle`]); probe one-way p50/p99/max and the bulk goodput. Pairings:
+//!   `quic-rr`, `mconn-rr` (two Rust routers) and `mconn-gg` (two gopeer processes, Go
+//!   CometBFT v0.38's MConnection, rate limits off).
+//! * `connect.<transport>`: dial → `PeerStatus::Up` at the dialer, sequentially, a fresh
+//!   dialing router each time; p50/p99.
+//!
+//! Before the profiles, the emulator's own cost: the RTT it adds with 0 ms configured and the
+//! packets/s it moves (a UDP flood through an unlimited link).
+//!
+//! Targets (issue 13) are ratios within the run; a miss is reported, not fatal (the run fails
+//! only if a row breaks). The lossy-profile property itself is a test
+//! (`bench/tests/wan_lossy.rs`).
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, ensure};
+use p2p::router::ChannelDescriptor;
+use p2p::{ChannelId, NodeId};
+use p2p_wanlab::{Lab, LinkSpec, Netns, Profile};
+use serde::Serialize;
+
+use crate::go::{GoPlace, qos_gogo_in};
+use crate::rows::{QosPlace, node_on, qos_in, wait_up};
+use crate::rr::Kind;
+use crate::{QosSample, selected};
+
+/// Time between two probes (the issue's "a 200 B probe every 10 ms").
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Bulk message size.
+const BULK: usize = 64 << 10;
+
+/// The loaded phase starts this long after the first bulk bytes arrive: ten RTTs (past slow
+/// start), at least 1 s.
+fn settle(p: Profile) -> Duration {
+    (p.rtt() * 10).max(Duration::from_secs(1))
+}
+
+/// What a `--wan` run does.
+#[derive(Debug, Clone)]
+pub(crate) struct WanArgs {
+    /// The short CI profile (fewer probes and dials).
+    pub(crate) quick: bool,
+    /// Profiles to run, in order.
+    pub(crate) profiles: Vec<Profile>,
+    /// Row filter (ids contain one of these), as `--only`.
+    pub(crate) only: Option<Vec<String>>,
+    /// Run the Go ↔ Go rows (gopeer is built).
+    pub(crate) go: bool,
+    /// Write the report as JSON here.
+    pub(crate) json: Option<PathBuf>,
+}
+
+/// Connect-time figures.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ConnectSample {
+    /// Dials measured.
+    pub(crate) dials: usize,
+    /// Median, ms.
+    pub(crate) p50_ms: f64,
+    /// 99th percentile (nearest rank), ms.
+    pub(crate) p99_ms: f64,
+    /// Fastest, ms.
+    pub(crate) min_ms: f64,
+}
+
+/// One row's result.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WanRow {
+    /// Profile name.
+    pub(crate) profile: &'static str,
+    /// Row id, e.g. `qos.quic-rr`.
+    pub(crate) id: &'static str,
+    /// QoS figures (a `qos.` row).
+    pub(crate) qos: Option<QosSample>,
+    /// Connect figures (a `connect.` row).
+    pub(crate) connect: Option<ConnectSample>,
+    /// Why the row failed.
+    pub(crate) error: Option<String>,
+    /// Wall time of the row, s.
+    pub(crate) secs: f64,
+}
+
+/// The emulator's own cost.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct EmulatorCost {
+    /// UDP echo RTT through the emulator with 0 ms configured: p50, µs.
+    pub(crate) rtt_p50_us: f64,
+    /// The same, p99, µs.
+    pub(crate) rtt_p99_us: f64,
+    /// Packets per second it delivered under a UDP flood (1228-byte IP packets).
+    pub(crate) packets_per_s: f64,
+    /// Mean lateness of a packet (written − due) over the flood, µs.
+    pub(crate) mean_late_us: f64,
+}
+
+/// One target: a ratio and what it must be.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WanTarget {
+    /// What is compared.
+    pub(crate) what: String,
+    /// The ratio measured (NaN: a row is missing).
+    pub(crate) value: f64,
+    /// The bound.
+    pub(crate) bound: f64,
+    /// `true`: value must be at most the bound; `false`: at least.
+    pub(crate) at_most: bool,
+}
+
+impl WanTarget {
+    fn verdict(&self) -> &'static str {
+        if !self.value.is_finite() {
+            "n/a"
+        } else if (self.at_most && self.value <= self.bound)
+            || (!self.at_most && self.value >= self.bound)
+        {
+            "PASS"
+        } else {
+            "FAIL(target)"
+        }
+    }
+}
+
+/// The whole `--wan` report.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WanReport {
+    /// `quick` or `full`.
+    pub(crate) profile_set: &'static str,
+    /// Probes per phase of a QoS row.
+    pub(crate) probes: usize,
+    /// Dials per connect row.
+    pub(crate) dials: usize,
+    /// The emulator's own cost.
+    pub(crate) emulator: Option<EmulatorCost>,
+    /// Every row.
+    pub(crate) rows: Vec<WanRow>,
+    /// Targets.
+    pub(crate) targets: Vec<WanTarget>,
+    /// Wall time, s.
+    pub(crate) secs: f64,
+}
+
+/// Runs the WAN rows and prints the report; fails if a row broke.
+pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (probes, dials) = if args.quick { (200, 10) } else { (1000, 50) };
+    let only = args.only.as_deref();
+    eprintln!(
+        "p2p-bench --wan: {} profile(s), {probes} probes per phase, {dials} dials",
+        args.profiles.len()
+    );
+    let emulator = if selected(only, "emulator") {
+        Some(emulator_cost().context("measuring the emulator")?)
+    } else {
+        None
+    };
+    let mut rows = Vec::new();
+    for &profile in &args.profiles {
+        let lab = Lab::start(2, profile.link()).context("starting the lab")?;
+        let ids: [&'static str; 5] =
+            ["qos.quic-rr", "qos.mconn-rr", "qos.mconn-gg", "connect.quic", "connect.mconn"];
+        for id in ids {
+            let full = format!("{profile}.{id}");
+            if !selected(only, &full) || (id.ends_with("-gg") && !args.go) {
+                continue;
+            }
+            let t = Instant::now();
+            let mut row = WanRow {
+                profile: profile.name(),
+                id,
+                qos: None,
+                connect: None,
+                error: None,
+                secs: 0.0,
+            };
+            let result = match id {
+                "qos.quic-rr" => {
+                    qos_rust(&lab, profile, Kind::Quic, probes).map(|q| row.qos = Some(q))
+                }
+                "qos.mconn-rr" => {
+                    qos_rust(&lab, profile, Kind::MConn, probes).map(|q| row.qos = Some(q))
+                }
+                "qos.mconn-gg" => qos_go(&lab, profile, probes).map(|q| row.qos = Some(q)),
+                "connect.quic" => {
+                    connect_rust(&lab, Kind::Quic, dials).map(|c| row.connect = Some(c))
+                }
+                _ => connect_rust(&lab, Kind::MConn, dials).map(|c| row.connect = Some(c)),
+            };
+            row.secs = t.elapsed().as_secs_f64();
+            match result {
+                Ok(()) => eprintln!("  {full:<34} {} ({:.1} s)", brief(&row), row.secs),
+                Err(e) => {
+                    eprintln!("  {full:<34} FAILED: {e:#}");
+                    row.error = Some(format!("{e:#}"));
+                }
+            }
+            rows.push(row);
+        }
+        if let Ok(stats) = lab.stats() {
+            let e = stats.emulator;
+            eprintln!(
+                "  {profile}: emulator read {} delivered {} overflow {} late mean {:?} max {:?}",
+                e.read,
+                e.delivered,
+                e.overflow,
+                e.mean_late(),
+                Duration::from_nanos(e.late_ns_max)
+            );
+        }
+    }
+    let targets = targets(&rows);
+    let report = WanReport {
+        profile_set: if args.quick { "quick" } else { "full" },
+        probes,
+        dials,
+        emulator,
+        rows,
+        targets,
+        secs: started.elapsed().as_secs_f64(),
+    };
+    println!("{}", markdown(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let broken = report.rows.iter().filter(|r| r.error.is_some()).count();
+    if broken > 0 {
+        eprintln!("p2p-bench --wan: {broken} row(s) failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn brief(row: &WanRow) -> String {
+    if let Some(q) = &row.qos {
+        format!(
+            "idle p50/p99 {:.1}/{:.1} ms, loaded p50/p99 {:.1}/{:.1} ms, bulk {:.2} MB/s",
+            q.idle_p50_ms, q.idle_p99_ms, q.loaded_p50_ms, q.loaded_p99_ms, q.bulk_mb_s
+        )
+    } else if let Some(c) = &row.connect {
+        format!("connect p50/p99 {:.1}/{:.1} ms", c.p50_ms, c.p99_ms)
+    } else {
+        String::new()
+    }
+}
+
+/// A QoS row between two Rust routers, node 0 sending, node 1 receiving.
+fn qos_rust(lab: &Lab, profile: Profile, kind: Kind, probes: usize) -> anyhow::Result<QosSample> {
+    let (a, b) = (lab.node(0), lab.node(1));
+    let rt_a = a.runtime(1)?;
+    let place = QosPlace {
+        ip_a: IpAddr::V4(a.addr()),
+        ip_b: IpAddr::V4(b.addr()),
+        rt_b: b.runtime(1)?,
+        interval: PROBE_INTERVAL,
+        settle: settle(profile),
+    };
+    // `spawn`, not `block_on`: the future must run on a worker inside node 0's namespace.
+    let task = rt_a.spawn(qos_in(kind, BULK, probes, place));
+    let result = rt_a.block_on(task).map_err(|e| anyhow!("QoS task: {e}"))?;
+    rt_a.shutdown_background();
+    result
+}
+
+fn spawner(ns: &Netns) -> p2p_interop_tests::Spawner {
+    let ns = ns.clone();
+    p2p_interop_tests::Spawner(std::sync::Arc::new(move |cmd| {
+        ns.spawn(cmd).map_err(std::io::Error::other)
+    }))
+}
+
+/// The Go ↔ Go QoS row: the gopeer flood in node 0, the sink in node 1.
+fn qos_go(lab: &Lab, profile: Profile, probes: usize) -> anyhow::Result<QosSample> {
+    let (a, b) = (lab.node(0), lab.node(1));
+    let place = GoPlace {
+        flood: (IpAddr::V4(a.addr()), spawner(a)),
+        sink: (IpAddr::V4(b.addr()), spawner(b)),
+    };
+    qos_gogo_in(BULK, probes, PROBE_INTERVAL, Some(place), Some(settle(profile)))
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> f64 {
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
+    sorted.get(rank).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
+/// `dials` sequential dials from a fresh router in node 0 to one router in node 1, each timed
+/// from `add_address` to `PeerStatus::Up` at the dialer.
+fn connect_rust(lab: &Lab, kind: Kind, dials: usize) -> anyhow::Result<ConnectSample> {
+    ensure!(dials > 0, "no dials");
+    let (a, b) = (lab.node(0), lab.node(1));
+    let (rt_a, rt_b) = (a.runtime(1)?, b.runtime(1)?);
+    let (ip_a, ip_b) = (IpAddr::V4(a.addr()), IpAddr::V4(b.addr()));
+    let descs = [ChannelDescriptor::new(ChannelId(0x71))];
+    let descs_b = descs.clone();
+    let server = rt_a
+        .block_on(rt_b.spawn(async move { node_on(kind, "wan-connect-b", &descs_b, ip_b).await }))
+        .map_err(|e| anyhow!("connect server task: {e}"))??;
+    let (target, b_id): (_, NodeId) = (server.addr.clone(), server.router.node_id());
+    let task = rt_a.spawn(async move {
+        let mut times = Vec::with_capacity(dials);
+        for _ in 0..dials {
+            let mut dialer = node_on(kind, "wan-connect-a", &descs, ip_a).await?;
+            let t0 = Instant::now();
+            dialer.router.add_address(target.clone())?;
+            wait_up(&mut dialer.updates, b_id).await?;
+            times.push(t0.elapsed());
+            dialer.router.stop().await;
+        }
+        anyhow::Ok(times)
+    });
+    let mut times = rt_a.block_on(task).map_err(|e| anyhow!("connect task: {e}"))??;
+    let router = server.router.clone();
+    let _ = rt_a.block_on(rt_b.spawn(async move { router.stop().await }));
+    rt_a.shutdown_background();
+    rt_b.shutdown_background();
+    times.sort();
+    Ok(ConnectSample {
+        dials,
+        p50_ms: quantile(&times, 0.5),
+        p99_ms: quantile(&times, 0.99),
+        min_ms: quantile(&times, 0.0),
+    })
+}
+
+/// The emulator's cost: echo RTT at 0 ms configured, and packets/s under a UDP flood.
+fn emulator_cost() -> anyhow::Result<EmulatorCost> {
+    let lab = Lab::start(2, LinkSpec::default())?;
+    let (a, b) = (lab.node(0), lab.node(1));
+    let server = b.run(|| UdpSocket::bind((b.addr(), 0)))??;
+    let to = server.local_addr()?;
+    let echo = server.try_clone()?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            if n > 1 && echo.send_to(buf.get(..n).unwrap_or_default(), from).is_err() {
+                return;
+            }
+        }
+    });
+    let client = a.run(|| UdpSocket::bind((a.addr(), 0)))??;
+    client.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut rtts = Vec::with_capacity(500);
+    let mut buf = [0u8; 64];
+    for i in 0..500u64 {
+        let t0 = Instant::now();
+        client.send_to(&i.to_be_bytes(), to)?;
+        loop {
+            let n = client.recv(&mut buf).context("echo lost on a lossless link")?;
+            if buf.get(..n) == Some(&i.to_be_bytes()[..]) {
+                break;
+            }
+        }
+        rtts.push(t0.elapsed());
+    }
+    rtts.sort();
+    // The flood: 1200-byte payloads to a port with no listener, as fast as node 0 can send,
+    // for 1 s; what the emulator delivered in that second is its rate.
+    let before = lab.stats()?.emulator;
+    let flood = vec![0u8; 1200];
+    let sink = SocketAddr::new(IpAddr::V4(b.addr()), 9);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(1) {
+        for _ in 0..64 {
+            // Node 1's kernel drops them (its rate-limited ICMP errors cross back too).
+            let _ = client.send_to(&flood, sink);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let after = lab.stats()?.emulator;
+    let delivered = after.delivered - before.delivered;
+    let late = after.late_ns_sum - before.late_ns_sum;
+    Ok(EmulatorCost {
+        rtt_p50_us: quantile(&rtts, 0.5) * 1e3,
+        rtt_p99_us: quantile(&rtts, 0.99) * 1e3,
+        packets_per_s: delivered as f64 / secs,
+        mean_late_us: late as f64 / delivered.max(1) as f64 / 1e3,
+    })
+}
+
+fn find<'a>(rows: &'a [WanRow], profile: Profile, id: &str) -> Option<&'a WanRow> {
+    rows.iter().find(|r| r.profile == profile.name() && r.id == id && r.error.is_none())
+}
+
+fn targets(rows: &[WanRow]) -> Vec<WanTarget> {
+    let qos = |p, id| find(rows, p, id).and_then(|r| r.qos);
+    let conn = |p, id| find(rows, p, id).and_then(|r| r.connect.clone());
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => x / y,
+        _ => f64::NAN,
+    };
+    let mut v = Vec::new();
+    for p in [Profile::Intercontinental, Profile::Lossy] {
+        if rows.iter().all(|r| r.profile != p.name()) {
+            continue;
+        }
+        let quic = qos(p, "qos.quic-rr");
+        let q99 = quic.as_ref().map(|q| q.loaded_p99_ms);
+        v.push(WanTarget {
+            what: format!("{p}: QUIC probe p99 under bulk / Rust MConn's"),
+            value: ratio(q99, qos(p, "qos.mconn-rr").map(|q| q.loaded_p99_ms)),
+            bound: 0.5,
+            at_most: true,
+        });
+        v.push(WanTarget {
+            what: format!("{p}: QUIC probe p99 under bulk / Go MConn's"),
+            value: ratio(q99, qos(p, "qos.mconn-gg").map(|q| q.loaded_p99_ms)),
+            bound: 0.3,
+            at_most: true,
+        });
+        let rtt = p.rtt().as_secs_f64() * 1e3;
+        v.push(WanTarget {
+            what: format!("{p}: QUIC probe p99 under bulk / (idle p99 + 1 RTT)"),
+            value: ratio(q99, quic.as_ref().map(|q| q.idle_p99_ms + rtt)),
+            bound: 1.0,
+            at_most: true,
+        });
+    }
+    for p in Profile::ALL {
+        if rows.iter().all(|r| r.profile != p.name()) {
+            continue;
+        }
+        if p.rtt() >= Duration::from_millis(40) {
+            v.push(WanTarget {
+                what: format!("{p}: QUIC connect p50 / MConn's"),
+                value: ratio(
+                    conn(p, "connect.quic").map(|c| c.p50_ms),
+                    conn(p, "connect.mconn").map(|c| c.p50_ms),
+                ),
+                bound: 0.5,
+                at_most: true,
+            });
+        }
+        v.push(WanTarget {
+            what: format!("{p}: QUIC bulk goodput beside probes / Rust MConn's"),
+            value: ratio(
+                qos(p, "qos.quic-rr").map(|q| q.bulk_mb_s),
+                qos(p, "qos.mconn-rr").map(|q| q.bulk_mb_s),
+            ),
+            bound: 1.0,
+            at_most: false,
+        });
+        if let Some(bps) = p.rate_bps().filter(|_| p == Profile::Intercontinental) {
+            v.push(WanTarget {
+                what: format!("{p}: QUIC bulk goodput / emulated bandwidth"),
+                value: ratio(qos(p, "qos.quic-rr").map(|q| q.bulk_mb_s * 8e6), Some(bps as f64)),
+                bound: 0.8,
+                at_most: false,
+            });
+        }
+    }
+    v
+}
+
+fn f(x: f64) -> String {
+    if x.is_finite() { format!("{x:.1}") } else { "-".to_owned() }
+}
+
+fn markdown(r: &WanReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## WAN rows ({} profile: {} probes per phase every {} ms, {} dials; {:.0} s)\n",
+        r.profile_set,
+        r.probes,
+        PROBE_INTERVAL.as_millis(),
+        r.dials,
+        r.secs
+    );
+    if let Some(e) = &r.emulator {
+        let _ = writeln!(
+            s,
+            "Emulator cost: echo RTT with 0 ms configured p50 {:.0} µs, p99 {:.0} µs; {:.0} packets/s \
+             delivered under a UDP flood (mean lateness {:.1} µs).\n",
+            e.rtt_p50_us, e.rtt_p99_us, e.packets_per_s, e.mean_late_us
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| profile | pairing | idle p50 | idle p99 | loaded p50 | loaded p99 | loaded max | bulk MB/s |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for row in r.rows.iter().filter(|x| x.id.starts_with("qos.")) {
+        match (&row.qos, &row.error) {
+            (Some(q), _) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                    row.profile,
+                    &row.id[4..],
+                    f(q.idle_p50_ms),
+                    f(q.idle_p99_ms),
+                    f(q.loaded_p50_ms),
+                    f(q.loaded_p99_ms),
+                    q.loaded_max_ms.map_or_else(|| "-".to_owned(), f),
+                    q.bulk_mb_s
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | FAILED: {} |||||",
+                    row.profile,
+                    &row.id[4..],
+                    e.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "\n| profile | transport | connect p50 ms | p99 ms | min ms |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for row in r.rows.iter().filter(|x| x.id.starts_with("connect.")) {
+        match (&row.connect, &row.error) {
+            (Some(c), _) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    row.profile,
+                    &row.id[8..],
+                    f(c.p50_ms),
+                    f(c.p99_ms),
+                    f(c.min_ms)
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | FAILED: {} |||",
+                    row.profile,
+                    &row.id[8..],
+                    e.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "\n### WAN targets (ratios in this run)\n");
+    let _ = writeln!(s, "| target | value | bound | verdict |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {} {} | {} |",
+            t.what,
+            t.value,
+            if t.at_most { "≤" } else { "≥" },
+            t.bound,
+            t.verdict()
+        );
+    }
+    s
+}
