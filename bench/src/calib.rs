@@ -18,8 +18,8 @@ use anyhow::{Context, anyhow, ensure};
 use bytes::Bytes;
 use p2p::NodeKey;
 use p2p_transport_quic::{DUMMY_SERVER_NAME, QUIC_ALPN, QuicConfig, QuicTransport, identity};
+use quinn::VarInt;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, VarInt};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -154,18 +154,11 @@ async fn tcp_rate(total: usize) -> anyhow::Result<f64> {
     Ok(sent as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The quinn settings `QuicTransport` derives from `QuicConfig` (as the QUIC bench keeps them
-/// in step with `transport_config` in `transport-quic/src/transport.rs`).
+/// The quinn settings `QuicTransport` derives from `QuicConfig`: the endpoint's own (windows,
+/// timeouts, congestion controller), with the transport's stream limits.
 fn transport_config(config: &QuicConfig) -> anyhow::Result<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(config.keep_alive_interval))
-        .max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout)?))
-        .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
-        .receive_window(VarInt::from_u32(config.receive_window))
-        .send_window(u64::from(config.receive_window))
-        .max_concurrent_uni_streams(VarInt::from_u32(256))
-        .max_concurrent_bidi_streams(VarInt::from_u32(4));
-    Ok(t)
+    let limits = p2p_quic_endpoint::StreamLimits { bidi: 4, uni: 256 };
+    Ok(config.endpoint_config().transport_config(limits)?)
 }
 
 /// A quinn endpoint on loopback with the transport's server and client configuration.

@@ -155,7 +155,7 @@ const TARGETS: [(&str, &str, Metric, f64); 18] = [
 ];
 
 /// The latency slack of the QUIC QoS target: 1 ms, or the time the QUIC stream receive window
-/// (`QuicConfig::default`, 1 MiB) takes to drain at `bulk_mb_s`, if longer. Bulk data in flight
+/// (`QuicConfig::default`, 4 MiB) takes to drain at `bulk_mb_s`, if longer. Bulk data in flight
 /// on a flow-controlled stream (at most one window) waits in the receiver's socket buffer ahead
 /// of a later probe whatever its priority, so on a machine that moves bulk data more slowly the
 /// same window costs the probe proportionally more; 1 ms alone held only on a fast day (the
@@ -773,7 +773,7 @@ impl Run {
              - Peak RSS is `VmHWM` from `/proc/<pid>/status`. It is process-wide and monotonic; this process resets it before each cell (`echo 5 > /proc/self/clear_refs`), and Go processes are sampled every 10 ms.\n\
              - Cells run interleaved (every pairing once per repetition, A B A B); tables show medians. Calibration runs at the start and at the end; a drift above {:.0}% flags the run.\n\
              - Ceilings: MConn rows vs ring ChaCha20-Poly1305 seal of 1028-byte frames (one core); QUIC vs raw quinn (same TLS/ALPN/windows); memory vs tokio mpsc msg/s.\n\
-             - QoS rows go through two `Router`s (both in this process): a priority-10 probe channel (200 B on the wire, one every 5 ms, send time in the payload; latency = send call -> receiving reactor's `recv`) and a priority-1 bulk channel; {} probes idle, then {} while one task floods 64 KiB bulk messages to the same peer (bulk MB/s over that phase). Target: (2 x idle p99 + slack) / loaded p99 >= 1 for QUIC, the slack being 1 ms or the time one 1 MiB stream window takes to drain at the row's bulk rate, if longer; MConn and lp2p are reported only.\n\
+             - QoS rows go through two `Router`s (both in this process): a priority-10 probe channel (200 B on the wire, one every 5 ms, send time in the payload; latency = send call -> receiving reactor's `recv`) and a priority-1 bulk channel; {} probes idle, then {} while one task floods 64 KiB bulk messages to the same peer (bulk MB/s over that phase). Target: (2 x idle p99 + slack) / loaded p99 >= 1 for QUIC, the slack being 1 ms or the time one default stream window (4 MiB) takes to drain at the row's bulk rate, if longer; MConn and lp2p are reported only.\n\
              - Slow-receiver rows: router S broadcasts 64 KiB messages from one reactor task to F (drains at once) and L (its reactor sleeps 20 ms per message); F's rate is measured over {:.1} s with F alone, then over {:.1} s once L's 64-message queue at S is full; ratio = with slow / solo. `drop` = channel policy `DropNewest` (the default: `send` never waits), `wait` = `Wait` (`send` waits for room at every recipient, so one task's stream is paced by the slowest peer).\n\
              - Idle-RSS rows: a child process (`p2p-bench --idle-server <transport>`) listens and handshakes inbound connections via the transport's `Connection` API and holds them; the bench dials them (16 in parallel; QUIC through one client endpoint) and keeps them idle. VmRSS of the child before the first connection and 0.5 s after it reported all up. Memory transport: both ends of every pair in the child (so KiB/conn covers both ends).",
             self.profile.timeframe.as_secs_f64(),

@@ -108,6 +108,7 @@ async fn listening(
     kind: Kind,
     key: &NodeKey,
     ip: IpAddr,
+    quic: &QuicConfig,
 ) -> anyhow::Result<(Arc<dyn Transport>, Endpoint)> {
     let any = std::net::SocketAddr::new(ip, 0);
     Ok(match kind {
@@ -117,7 +118,7 @@ async fn listening(
             (Arc::new(t), Endpoint::socket(Protocol::MCONN, at))
         }
         Kind::Quic => {
-            let t = QuicTransport::bind(any, key, QuicConfig::default())?;
+            let t = QuicTransport::bind(any, key, quic.clone())?;
             let at = Endpoint::socket(Protocol::QUIC, t.local_addr());
             (Arc::new(t), at)
         }
@@ -154,9 +155,20 @@ pub(crate) async fn node_on(
     descs: &[ChannelDescriptor],
     ip: IpAddr,
 ) -> anyhow::Result<Node> {
+    node_with(kind, moniker, descs, ip, &QuicConfig::default()).await
+}
+
+/// [`node_on`] with `quic` as the QUIC transport's configuration (other kinds ignore it).
+pub(crate) async fn node_with(
+    kind: Kind,
+    moniker: &str,
+    descs: &[ChannelDescriptor],
+    ip: IpAddr,
+    quic: &QuicConfig,
+) -> anyhow::Result<Node> {
     let key = NodeKey::generate();
     let id = key.node_id();
-    let (transport, at) = listening(kind, &key, ip).await?;
+    let (transport, at) = listening(kind, &key, ip, quic).await?;
     let EndpointAddr::Socket(socket) = at.addr else { bail!("not a socket endpoint") };
     let addr: NodeAddress = match kind {
         Kind::Lp2p => NodeAddress::new_with_key(
@@ -378,6 +390,125 @@ pub(crate) async fn qos_in(
     let (_, _) = tokio::join!(a.router.stop(), b_stop);
     bulk_reactor.abort();
     probe_reactor.abort();
+    rt_b.shutdown_background();
+    result
+}
+
+/// Bulk goodput of one connection (a goodput row).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct GoodputSample {
+    /// Channels flooded at once.
+    pub(crate) channels: usize,
+    /// Payload bytes delivered per second over the measured window, all channels, MB/s.
+    pub(crate) mb_s: f64,
+    /// The slowest channel's share of `mb_s` times `channels` (1.0: an even split).
+    pub(crate) fairness: f64,
+    /// Length of the measured window, s.
+    pub(crate) secs: f64,
+}
+
+/// Where and how long a goodput row runs: A (sending) on the caller's runtime at `ip_a`, B on
+/// `rt_b` at `ip_b`.
+pub(crate) struct GoodputPlace {
+    /// A's listen address.
+    pub(crate) ip_a: IpAddr,
+    /// B's listen address.
+    pub(crate) ip_b: IpAddr,
+    /// B's runtime (shut down at the end).
+    pub(crate) rt_b: tokio::runtime::Runtime,
+    /// Flood time before the window starts, once the first bytes arrived (past slow start).
+    pub(crate) settle: Duration,
+    /// The measured window.
+    pub(crate) measure: Duration,
+}
+
+/// `channels` equal-priority channels from A to B, each flooded with `bulk_size`-byte messages
+/// by its own task; the payload rate B's reactors see over `place.measure`, after
+/// `place.settle`. `quic` configures the QUIC transport of both ends.
+pub(crate) async fn goodput_in(
+    kind: Kind,
+    quic: &QuicConfig,
+    channels: usize,
+    bulk_size: usize,
+    place: GoodputPlace,
+) -> anyhow::Result<GoodputSample> {
+    ensure!((1..=16).contains(&channels), "1 to 16 channels");
+    let GoodputPlace { ip_a, ip_b, rt_b, settle, measure } = place;
+    let descs: Vec<ChannelDescriptor> = (0..channels)
+        .map(|i| {
+            ChannelDescriptor::new(ChannelId(0x60 + i as u8))
+                .with_priority(1)
+                .with_max_message_size(bulk_size + 16)
+                .with_queue_capacity(16, 16)
+                .with_overflow(OverflowPolicy::Wait(T))
+        })
+        .collect();
+    let mut a = node_with(kind, "goodput-a", &descs, ip_a, quic).await?;
+    let (descs_b, quic_b) = (descs.clone(), quic.clone());
+    let mut b = rt_b
+        .spawn(async move { node_with(kind, "goodput-b", &descs_b, ip_b, &quic_b).await })
+        .await??;
+    connect(&mut a, &mut b).await?;
+    let to = b.router.node_id();
+    let mut counters = Vec::new();
+    let mut reactors = Vec::new();
+    for ch in b.channels.drain(..) {
+        let (bytes, seen) = watch::channel(0u64);
+        let (_, mut rx) = ch.split();
+        reactors.push(rt_b.spawn(async move {
+            while let Some(env) = rx.recv().await {
+                let n = env.message.0.len() as u64;
+                bytes.send_modify(|b| *b += n);
+            }
+        }));
+        counters.push(seen);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut floods = JoinSet::new();
+    for ch in a.channels.drain(..) {
+        let (tx, stop) = (ch.sender(), stop.clone());
+        floods.spawn(async move {
+            let msg = Bytes::from(vec![0xb1; bulk_size]);
+            while !stop.load(Ordering::Relaxed) {
+                tx.send(Outbound::to(to, Raw(msg.clone()))).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    let result = async {
+        let total = |c: &[watch::Receiver<u64>]| c.iter().map(|r| *r.borrow()).collect::<Vec<_>>();
+        let mut first = counters.first().cloned().ok_or_else(|| anyhow!("no channel"))?;
+        tokio::time::timeout(T, first.wait_for(|&n| n >= bulk_size as u64))
+            .await
+            .context("no bulk traffic")??;
+        // A settle period and a measured window: the measurement's definition, not a wait for
+        // an event.
+        tokio::time::sleep(settle).await;
+        let (t0, before) = (Instant::now(), total(&counters));
+        tokio::time::sleep(measure).await;
+        let (secs, after) = (t0.elapsed().as_secs_f64(), total(&counters));
+        let per: Vec<f64> =
+            after.iter().zip(&before).map(|(x, y)| (x - y) as f64 / secs / 1e6).collect();
+        let sum: f64 = per.iter().sum();
+        let min = per.iter().copied().fold(f64::INFINITY, f64::min);
+        anyhow::Ok(GoodputSample {
+            channels,
+            mb_s: sum,
+            fairness: if sum > 0.0 { min * channels as f64 / sum } else { 0.0 },
+            secs,
+        })
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let b_router = b.router.clone();
+    let b_stop = rt_b.spawn(async move { b_router.stop().await });
+    let (_, _) = tokio::join!(a.router.stop(), b_stop);
+    // The floods end with the routers (a send to a stopped router fails); their result does
+    // not matter once the window is measured.
+    floods.abort_all();
+    for r in reactors {
+        r.abort();
+    }
     rt_b.shutdown_background();
     result
 }
@@ -666,7 +797,7 @@ pub(crate) fn idle_server(kind: Kind) -> anyhow::Result<()> {
             while lines.recv().await.is_some() {}
             return Ok(());
         }
-        let (transport, at) = listening(kind, &key, LOOPBACK).await?;
+        let (transport, at) = listening(kind, &key, LOOPBACK, &QuicConfig::default()).await?;
         let EndpointAddr::Socket(addr) = at.addr else { bail!("not a socket endpoint") };
         event(&serde_json::json!({"event": "listening", "addr": addr.to_string()}))?;
         let (done_tx, mut done) = mpsc::channel::<anyhow::Result<Box<dyn Connection>>>(64);

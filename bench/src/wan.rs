@@ -12,6 +12,11 @@
 //!   CometBFT v0.38's MConnection, rate limits off).
 //! * `connect.<transport>`: dial → `PeerStatus::Up` at the dialer, sequentially, a fresh
 //!   dialing router each time; p50/p99.
+//! * `goodput.<transport>[-4ch]`: one (or four equal-priority) channels flooded with 64 KiB
+//!   messages, the payload rate over a fixed window after [`goodput_settle`]. The
+//!   `goodput.quic-cubic` / `goodput.quic-bbr` rows run QUIC with quinn's CUBIC and quinn's
+//!   unmodified BBR instead of the default capped BBR (the comparison behind the default;
+//!   full profile, or when `--only` names them).
 //!
 //! Before the profiles, the emulator's own cost: the RTT it adds with 0 ms configured and the
 //! packets/s it moves (a UDP flood through an unlimited link).
@@ -28,11 +33,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, ensure};
 use p2p::router::ChannelDescriptor;
 use p2p::{ChannelId, NodeId};
+use p2p_transport_quic::{Congestion, QuicConfig};
 use p2p_wanlab::{Lab, LinkSpec, Netns, Profile};
 use serde::Serialize;
 
 use crate::go::{GoPlace, qos_gogo_in};
-use crate::rows::{QosPlace, node_on, qos_in, wait_up};
+use crate::rows::{GoodputPlace, GoodputSample, QosPlace, goodput_in, node_on, qos_in, wait_up};
 use crate::rr::Kind;
 use crate::{QosSample, selected};
 
@@ -46,6 +52,30 @@ const BULK: usize = 64 << 10;
 fn settle(p: Profile) -> Duration {
     (p.rtt() * 10).max(Duration::from_secs(1))
 }
+
+/// The goodput window starts this long after the first bulk bytes arrive: twenty RTTs (past
+/// startup and the first bandwidth probes), at least 2 s.
+fn goodput_settle(p: Profile) -> Duration {
+    (p.rtt() * 20).max(Duration::from_secs(2))
+}
+
+/// The QoS/connect/goodput rows of every profile, in order.
+const IDS: [&str; 11] = [
+    "qos.quic-rr",
+    "qos.mconn-rr",
+    "qos.mconn-gg",
+    "connect.quic",
+    "connect.mconn",
+    "goodput.quic",
+    "goodput.quic-4ch",
+    "goodput.mconn",
+    "goodput.mconn-4ch",
+    "goodput.quic-cubic",
+    "goodput.quic-bbr",
+];
+
+/// Rows only the full profile runs (or `--only` names).
+const COMPARISON: [&str; 2] = ["goodput.quic-cubic", "goodput.quic-bbr"];
 
 /// What a `--wan` run does.
 #[derive(Debug, Clone)]
@@ -86,6 +116,8 @@ pub(crate) struct WanRow {
     pub(crate) qos: Option<QosSample>,
     /// Connect figures (a `connect.` row).
     pub(crate) connect: Option<ConnectSample>,
+    /// Goodput figures (a `goodput.` row).
+    pub(crate) goodput: Option<GoodputSample>,
     /// Why the row failed.
     pub(crate) error: Option<String>,
     /// Wall time of the row, s.
@@ -141,6 +173,8 @@ pub(crate) struct WanReport {
     pub(crate) probes: usize,
     /// Dials per connect row.
     pub(crate) dials: usize,
+    /// Measured window of a goodput row, s.
+    pub(crate) goodput_secs: f64,
     /// The emulator's own cost.
     pub(crate) emulator: Option<EmulatorCost>,
     /// Every row.
@@ -155,6 +189,7 @@ pub(crate) struct WanReport {
 pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (probes, dials) = if args.quick { (200, 10) } else { (1000, 50) };
+    let measure = Duration::from_secs(if args.quick { 5 } else { 15 });
     let only = args.only.as_deref();
     eprintln!(
         "p2p-bench --wan: {} profile(s), {probes} probes per phase, {dials} dials",
@@ -168,11 +203,12 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for &profile in &args.profiles {
         let lab = Lab::start(2, profile.link()).context("starting the lab")?;
-        let ids: [&'static str; 5] =
-            ["qos.quic-rr", "qos.mconn-rr", "qos.mconn-gg", "connect.quic", "connect.mconn"];
-        for id in ids {
+        for id in IDS {
             let full = format!("{profile}.{id}");
-            if !selected(only, &full) || (id.ends_with("-gg") && !args.go) {
+            if !selected(only, &full)
+                || (id.ends_with("-gg") && !args.go)
+                || (COMPARISON.contains(&id) && args.quick && only.is_none())
+            {
                 continue;
             }
             let t = Instant::now();
@@ -181,6 +217,7 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
                 id,
                 qos: None,
                 connect: None,
+                goodput: None,
                 error: None,
                 secs: 0.0,
             };
@@ -195,7 +232,12 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
                 "connect.quic" => {
                     connect_rust(&lab, Kind::Quic, dials).map(|c| row.connect = Some(c))
                 }
-                _ => connect_rust(&lab, Kind::MConn, dials).map(|c| row.connect = Some(c)),
+                "connect.mconn" => {
+                    connect_rust(&lab, Kind::MConn, dials).map(|c| row.connect = Some(c))
+                }
+                goodput => {
+                    goodput_row(&lab, profile, goodput, measure).map(|g| row.goodput = Some(g))
+                }
             };
             row.secs = t.elapsed().as_secs_f64();
             match result {
@@ -224,6 +266,7 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
         profile_set: if args.quick { "quick" } else { "full" },
         probes,
         dials,
+        goodput_secs: measure.as_secs_f64(),
         emulator,
         rows,
         targets,
@@ -251,6 +294,8 @@ fn brief(row: &WanRow) -> String {
         )
     } else if let Some(c) = &row.connect {
         format!("connect p50/p99 {:.1}/{:.1} ms", c.p50_ms, c.p99_ms)
+    } else if let Some(g) = &row.goodput {
+        format!("{:.2} MB/s over {} channel(s), fairness {:.2}", g.mb_s, g.channels, g.fairness)
     } else {
         String::new()
     }
@@ -270,6 +315,45 @@ fn qos_rust(lab: &Lab, profile: Profile, kind: Kind, probes: usize) -> anyhow::R
     // `spawn`, not `block_on`: the future must run on a worker inside node 0's namespace.
     let task = rt_a.spawn(qos_in(kind, BULK, probes, place));
     let result = rt_a.block_on(task).map_err(|e| anyhow!("QoS task: {e}"))?;
+    rt_a.shutdown_background();
+    result
+}
+
+/// A goodput row (`id` is `goodput.<transport>[-4ch]`, or a QUIC controller comparison) from
+/// node 0 to node 1.
+fn goodput_row(
+    lab: &Lab,
+    profile: Profile,
+    id: &str,
+    measure: Duration,
+) -> anyhow::Result<GoodputSample> {
+    let mut quic = QuicConfig::default();
+    let (kind, channels) = match id {
+        "goodput.quic" => (Kind::Quic, 1),
+        "goodput.quic-4ch" => (Kind::Quic, 4),
+        "goodput.mconn" => (Kind::MConn, 1),
+        "goodput.mconn-4ch" => (Kind::MConn, 4),
+        "goodput.quic-cubic" => {
+            quic.congestion = Congestion::Cubic;
+            (Kind::Quic, 1)
+        }
+        "goodput.quic-bbr" => {
+            quic.congestion = Congestion::Bbr;
+            (Kind::Quic, 1)
+        }
+        other => return Err(anyhow!("unknown WAN row {other}")),
+    };
+    let (a, b) = (lab.node(0), lab.node(1));
+    let rt_a = a.runtime(1)?;
+    let place = GoodputPlace {
+        ip_a: IpAddr::V4(a.addr()),
+        ip_b: IpAddr::V4(b.addr()),
+        rt_b: b.runtime(1)?,
+        settle: goodput_settle(profile),
+        measure,
+    };
+    let task = rt_a.spawn(async move { goodput_in(kind, &quic, channels, BULK, place).await });
+    let result = rt_a.block_on(task).map_err(|e| anyhow!("goodput task: {e}"))?;
     rt_a.shutdown_background();
     result
 }
@@ -397,6 +481,7 @@ fn find<'a>(rows: &'a [WanRow], profile: Profile, id: &str) -> Option<&'a WanRow
 fn targets(rows: &[WanRow]) -> Vec<WanTarget> {
     let qos = |p, id| find(rows, p, id).and_then(|r| r.qos);
     let conn = |p, id| find(rows, p, id).and_then(|r| r.connect.clone());
+    let goodput = |p, id| find(rows, p, id).and_then(|r| r.goodput.as_ref().map(|g| g.mb_s));
     let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
         (Some(x), Some(y)) => x / y,
         _ => f64::NAN,
@@ -443,19 +528,21 @@ fn targets(rows: &[WanRow]) -> Vec<WanTarget> {
                 at_most: true,
             });
         }
-        v.push(WanTarget {
-            what: format!("{p}: QUIC bulk goodput beside probes / Rust MConn's"),
-            value: ratio(
-                qos(p, "qos.quic-rr").map(|q| q.bulk_mb_s),
-                qos(p, "qos.mconn-rr").map(|q| q.bulk_mb_s),
-            ),
-            bound: 1.0,
-            at_most: false,
-        });
+        for (quic, mconn, what) in [
+            ("goodput.quic", "goodput.mconn", "1 channel"),
+            ("goodput.quic-4ch", "goodput.mconn-4ch", "4 channels"),
+        ] {
+            v.push(WanTarget {
+                what: format!("{p}: QUIC bulk goodput ({what}) / Rust MConn's"),
+                value: ratio(goodput(p, quic), goodput(p, mconn)),
+                bound: 1.0,
+                at_most: false,
+            });
+        }
         if let Some(bps) = p.rate_bps().filter(|_| p == Profile::Intercontinental) {
             v.push(WanTarget {
-                what: format!("{p}: QUIC bulk goodput / emulated bandwidth"),
-                value: ratio(qos(p, "qos.quic-rr").map(|q| q.bulk_mb_s * 8e6), Some(bps as f64)),
+                what: format!("{p}: QUIC bulk goodput (1 channel) / emulated bandwidth"),
+                value: ratio(goodput(p, "goodput.quic").map(|g| g * 8e6), Some(bps as f64)),
                 bound: 0.8,
                 at_most: false,
             });
@@ -533,6 +620,41 @@ fn markdown(r: &WanReport) -> String {
                     f(c.p50_ms),
                     f(c.p99_ms),
                     f(c.min_ms)
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | FAILED: {} |||",
+                    row.profile,
+                    &row.id[8..],
+                    e.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n| profile | goodput row | MB/s ({:.0} s window) | of the link | fairness |",
+        r.goodput_secs
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for row in r.rows.iter().filter(|x| x.id.starts_with("goodput.")) {
+        let link = Profile::ALL
+            .into_iter()
+            .find(|p| p.name() == row.profile)
+            .and_then(|p| p.rate_bps())
+            .map(|bps| bps as f64 / 8e6);
+        match (&row.goodput, &row.error) {
+            (Some(g), _) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.2} | {} | {:.2} |",
+                    row.profile,
+                    &row.id[8..],
+                    g.mb_s,
+                    link.map_or_else(|| "-".to_owned(), |l| format!("{:.2}", g.mb_s / l)),
+                    g.fairness
                 );
             }
             (None, e) => {

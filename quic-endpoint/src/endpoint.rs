@@ -42,6 +42,54 @@ pub struct EndpointConfig {
     /// How long an inbound connection may take to name its ALPN protocol (its ClientHello)
     /// before it is dropped.
     pub alpn_timeout: Duration,
+    /// Congestion controller of every connection (both directions use their own sender's).
+    pub congestion: Congestion,
+}
+
+/// Which congestion controller a QUIC sender runs (quinn's implementations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), quinn's default: loss-based, like Linux TCP's default.
+    Cubic,
+    /// NewReno (RFC 9002 §7): loss-based, halves its window on every loss event.
+    NewReno,
+    /// BBR (version 1, quinn's port) as quinn runs it: model-based, ignores random loss, but
+    /// quinn paces at `window / RTT` with BBR's window of two BDPs, so it overfills a
+    /// drop-tail queue shallower than a BDP (see [`crate::congestion`]).
+    Bbr,
+    /// [`crate::congestion::CappedBbr`], the default: quinn's BBR with its window capped at
+    /// 1.25 × the delivery rate it measures × the minimum RTT, so it neither backs off on
+    /// random loss nor overfills a shallow bottleneck queue.
+    #[default]
+    BbrCapped,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cubic" => Ok(Self::Cubic),
+            "newreno" => Ok(Self::NewReno),
+            "bbr" => Ok(Self::Bbr),
+            "bbr-capped" => Ok(Self::BbrCapped),
+            other => Err(format!(
+                "unknown congestion controller {other:?} (cubic, newreno, bbr, bbr-capped)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Congestion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cubic => "cubic",
+            Self::NewReno => "newreno",
+            Self::Bbr => "bbr",
+            Self::BbrCapped => "bbr-capped",
+        })
+    }
 }
 
 impl Default for EndpointConfig {
@@ -49,12 +97,13 @@ impl Default for EndpointConfig {
         Self {
             keep_alive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(30),
-            stream_receive_window: 1 << 20,
-            receive_window: 4 << 20,
+            stream_receive_window: 4 << 20,
+            receive_window: 16 << 20,
             socket_buffer: 4 << 20,
             max_pending: 64,
             accept_queue: 64,
             alpn_timeout: Duration::from_secs(5),
+            congestion: Congestion::default(),
         }
     }
 }
@@ -94,6 +143,20 @@ impl EndpointConfig {
             .send_window(u64::from(self.receive_window))
             .max_concurrent_uni_streams(VarInt::from_u32(limits.uni))
             .max_concurrent_bidi_streams(VarInt::from_u32(limits.bidi));
+        match self.congestion {
+            Congestion::Cubic => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(
+                quinn::congestion::NewRenoConfig::default(),
+            )),
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            Congestion::BbrCapped => t.congestion_controller_factory(Arc::new(
+                crate::congestion::CappedBbrConfig::default(),
+            )),
+        };
         Ok(t)
     }
 }

@@ -9,6 +9,7 @@
 //! * [`PriorityInbound`]: per-channel bounded receive queues taken in priority order;
 //! * [`errors`]: quinn errors and peer certificates mapped to the `p2p` error types.
 
+pub mod congestion;
 pub mod errors;
 pub mod identity;
 
@@ -16,7 +17,7 @@ mod endpoint;
 mod inbound;
 
 pub use endpoint::{
-    Accepted, AlpnListener, EndpointConfig, EndpointError, EndpointStats, QuicEndpoint,
+    Accepted, AlpnListener, Congestion, EndpointConfig, EndpointError, EndpointStats, QuicEndpoint,
     StreamLimits, udp_socket,
 };
 pub use inbound::{InboundSender, PriorityInbound};

@@ -32,8 +32,8 @@ use p2p::router::ChannelDescriptor;
 use p2p::{ChannelId, Connection, Endpoint, NodeInfo, NodeKey, Protocol, Transport};
 use p2p_transport_mconn::{MConnConfig, MConnTransport};
 use p2p_transport_quic::{DUMMY_SERVER_NAME, QUIC_ALPN, QuicConfig, QuicTransport, identity};
+use quinn::VarInt;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, VarInt};
 use tokio::task::JoinSet;
 
 /// The channel of the throughput rows.
@@ -84,18 +84,11 @@ fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// The quinn transport settings `QuicTransport` derives from `QuicConfig` (kept in step with
-/// `transport_config` in `src/transport.rs`).
+/// The quinn transport settings `QuicTransport` derives from `QuicConfig`: the endpoint's own
+/// (windows, timeouts, congestion controller), with the transport's stream limits.
 fn transport_config(config: &QuicConfig) -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(config.keep_alive_interval))
-        .max_idle_timeout(Some(IdleTimeout::try_from(config.idle_timeout).unwrap()))
-        .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
-        .receive_window(VarInt::from_u32(config.receive_window))
-        .send_window(u64::from(config.receive_window))
-        .max_concurrent_uni_streams(VarInt::from_u32(256))
-        .max_concurrent_bidi_streams(VarInt::from_u32(4));
-    t
+    let limits = p2p_quic_endpoint::StreamLimits { bidi: 4, uni: 256 };
+    config.endpoint_config().transport_config(limits).unwrap()
 }
 
 /// A quinn endpoint with the transport's server and client configuration for `key`.
