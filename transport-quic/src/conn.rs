@@ -263,17 +263,21 @@ fn failure_to_handshake(f: Failure) -> HandshakeError {
     }
 }
 
-/// Writes our NodeInfo on the control stream and reads the peer's.
-async fn exchange_node_info(
+/// Writes our NodeInfo on the control stream.
+async fn write_node_info(
     send: &mut SendStream,
-    recv: &mut RecvStream,
     local_info: &NodeInfo,
-) -> Result<NodeInfo, HandshakeError> {
+) -> Result<(), HandshakeError> {
     let body = local_info.encode_to_vec();
     let mut out = Vec::with_capacity(body.len() + 2);
     encode_uvarint(body.len() as u64, &mut out);
     out.extend_from_slice(&body);
-    send.write_all(&out).await.map_err(|e| failure_to_handshake(write_err(e)))?;
+    send.write_all(&out).await.map_err(|e| failure_to_handshake(write_err(e)))
+}
+
+/// Reads the peer's NodeInfo from the control stream (its length is checked before anything
+/// is allocated).
+async fn read_node_info(recv: &mut RecvStream) -> Result<NodeInfo, HandshakeError> {
     let len = read_uvarint(recv)
         .await
         .map_err(failure_to_handshake)?
@@ -289,8 +293,57 @@ async fn exchange_node_info(
     Ok(NodeInfo::decode(&body)?)
 }
 
+/// The acceptor's side of the handshake: opens the control stream and writes our NodeInfo in
+/// 0.5-RTT data (with the TLS server flight, before the client is authenticated: NodeInfo is
+/// public), then waits for the TLS handshake to complete (the client's certificate verified)
+/// before it reads anything from the peer.
+async fn accept_handshake(
+    connecting: quinn::Connecting,
+    local_info: &NodeInfo,
+) -> Result<(quinn::Connection, HandshakeResult), HandshakeError> {
+    let (conn, established) = match connecting.into_0rtt() {
+        Ok((conn, established)) => (conn, Some(established)),
+        // quinn documents that an incoming connection always converts; should it not, the
+        // NodeInfo goes after the handshake.
+        Err(connecting) => (connecting.await.map_err(handshake_err)?, None),
+    };
+    let result = async {
+        let (mut send, mut recv) =
+            conn.open_bi().await.map_err(|e| HandshakeError::Connection(conn_err(e)))?;
+        write_node_info(&mut send, local_info).await?;
+        if let Some(established) = established {
+            // Resolves when the handshake completes, or (false) when it failed.
+            let _ = established.await;
+        }
+        if let Some(reason) = conn.close_reason() {
+            return Err(handshake_err(reason));
+        }
+        let peer_key = peer_key(&conn)?;
+        let info = read_node_info(&mut recv).await?;
+        Ok((peer_key, info, send, recv))
+    }
+    .await
+    // A handshake that failed reports why (a TLS alert, a timeout), not the stream error.
+    .map_err(|e| conn.close_reason().map_or(e, handshake_err));
+    Ok((conn, result))
+}
+
+/// The peer's key and NodeInfo, and the control stream.
+type HandshakeResult = Result<(VerifyingKey, NodeInfo, SendStream, RecvStream), HandshakeError>;
+
 fn peer_key(conn: &quinn::Connection) -> Result<VerifyingKey, HandshakeError> {
     errors::peer_public_key(conn)
+}
+
+/// The dialer's side of the handshake (TLS done): accepts the control stream, whose NodeInfo
+/// arrived with the handshake, and answers with ours.
+async fn dial_handshake(conn: &quinn::Connection, local_info: &NodeInfo) -> HandshakeResult {
+    let peer_key = peer_key(conn)?;
+    let (mut send, mut recv) =
+        conn.accept_bi().await.map_err(|e| HandshakeError::Connection(conn_err(e)))?;
+    write_node_info(&mut send, local_info).await?;
+    let info = read_node_info(&mut recv).await?;
+    Ok((peer_key, info, send, recv))
 }
 
 #[async_trait]
@@ -319,24 +372,21 @@ impl Connection for QuicConnection {
         let State::Pending(pending) = std::mem::replace(&mut self.state, State::Failed) else {
             return Err(HandshakeError::Protocol("handshake already done".into()));
         };
-        // The TLS handshake (our key was bound into the endpoint's certificate).
-        let (conn, dialer) = match pending {
-            Pending::Inbound(connecting) => (connecting.await.map_err(handshake_err)?, false),
+        // The TLS handshake (our key was bound into the endpoint's certificate) and the
+        // NodeInfo exchange on the control stream, which the acceptor opens.
+        let (conn, result) = match pending {
             Pending::Failed(error) => return Err(handshake_err(error)),
-            Pending::Outbound(connecting) => (connecting.await.map_err(handshake_err)?, true),
-            Pending::Established(conn) => (conn, true),
+            Pending::Inbound(connecting) => accept_handshake(connecting, local_info).await?,
+            Pending::Outbound(connecting) => {
+                let conn = connecting.await.map_err(handshake_err)?;
+                let result = dial_handshake(&conn, local_info).await;
+                (conn, result)
+            }
+            Pending::Established(conn) => {
+                let result = dial_handshake(&conn, local_info).await;
+                (conn, result)
+            }
         };
-        let result = async {
-            let peer_key = peer_key(&conn)?;
-            let (mut send, mut recv) = if dialer {
-                conn.open_bi().await.map_err(|e| HandshakeError::Connection(conn_err(e)))?
-            } else {
-                conn.accept_bi().await.map_err(|e| HandshakeError::Connection(conn_err(e)))?
-            };
-            let peer_info = exchange_node_info(&mut send, &mut recv, local_info).await?;
-            Ok::<_, HandshakeError>((peer_key, peer_info, send, recv))
-        }
-        .await;
         let (peer_key, peer_info, control_send, control_recv) = match result {
             Ok(x) => x,
             Err(e) => {
@@ -585,7 +635,7 @@ async fn accept_loop(
                 // The control stream is the only bidirectional stream; data on another one
                 // would sit in quinn's buffers unread.
                 let (e, code) = match s {
-                    Ok(_) => protocol("peer opened a second bidirectional stream"),
+                    Ok(_) => protocol("peer opened a bidirectional stream besides the control stream"),
                     Err(e) => (conn_err(e), 0),
                 };
                 fail(&conn, &failure, e, code);

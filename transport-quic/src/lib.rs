@@ -11,13 +11,18 @@
 //!
 //! # Wire protocol `p2p-quic/1` (ALPN [`QUIC_ALPN`])
 //!
-//! * **Handshake.** After the QUIC/TLS handshake, the dialer opens one bidirectional *control
-//!   stream*, the acceptor accepts it. Each side writes its `DefaultNodeInfo` (protobuf) prefixed
-//!   by its length as an unsigned LEB128 varint, at most [`p2p::MAX_NODE_INFO_SIZE`] bytes (a
-//!   larger length is rejected before anything is allocated), then reads the peer's. The
-//!   control stream is the only bidirectional stream: a peer that opens another one breaks the
-//!   protocol. A peer without the ALPN [`QUIC_ALPN`] is refused in the TLS handshake (alert
-//!   `no_application_protocol`, reported as [`p2p::HandshakeError::Protocol`]).
+//! * **Handshake.** The acceptor opens one bidirectional *control stream* and writes its
+//!   `DefaultNodeInfo` (protobuf) prefixed by its length as an unsigned LEB128 varint, at most
+//!   [`p2p::MAX_NODE_INFO_SIZE`] bytes (a larger length is rejected before anything is
+//!   allocated). It does so in 0.5-RTT data, in the same flight as its TLS handshake messages
+//!   (NodeInfo is public: anyone may complete a handshake with a key of its own), and reads
+//!   nothing from the peer until the client's certificate has been verified. The dialer accepts
+//!   the control stream and answers with its own NodeInfo, framed the same way. So the dialer
+//!   knows its peer after one round trip (TCP + SecretConnection + NodeInfo take three), the
+//!   acceptor after one and a half. The control stream is the only bidirectional stream: a
+//!   peer that opens one breaks the protocol. A peer without the ALPN [`QUIC_ALPN`] is refused
+//!   in the TLS handshake (alert `no_application_protocol`, reported as
+//!   [`p2p::HandshakeError::Protocol`]).
 //! * **Messages.** Each side opens, lazily on the first message of a channel, one long-lived
 //!   *unidirectional* stream per channel. The stream's first byte is the channel ID; after it
 //!   come messages, each framed as a uvarint length followed by that many bytes. Messages of one

@@ -257,11 +257,13 @@ struct Evil {
     control_recv: quinn::RecvStream,
 }
 
-/// Connects to the victim with a valid identity and opens the control stream.
+/// Connects to the victim with a valid identity and accepts the control stream (the acceptor
+/// opens it).
 async fn evil_connect(to: SocketAddr, key: &NodeKey) -> Evil {
     let (endpoint, connecting) = evil_dial(to, valid_client(key, QUIC_ALPN));
     let conn = tokio::time::timeout(T, connecting).await.unwrap().unwrap();
-    let (control_send, control_recv) = conn.open_bi().await.unwrap();
+    let (control_send, control_recv) =
+        tokio::time::timeout(T, conn.accept_bi()).await.unwrap().unwrap();
     Evil { _endpoint: endpoint, conn, control_send, control_recv }
 }
 
@@ -714,9 +716,10 @@ async fn unidirectional_streams_without_end_stay_within_the_limit() {
 async fn extra_bidirectional_stream_is_a_protocol_violation() {
     let v = victim();
     let (conn, evil) = established(&v).await;
-    // 4 concurrent bidirectional streams, the control stream included; the 5th waits.
+    // 4 concurrent bidirectional streams of the dialer's (the control stream is the
+    // acceptor's); the 5th waits.
     let mut extra = Vec::new();
-    for i in 0..3 {
+    for i in 0..4 {
         let s = ready_now(evil.conn.open_bi()).await;
         extra.push(s.unwrap_or_else(|| panic!("bidi stream {i} is within the limit")).unwrap());
     }
@@ -937,10 +940,9 @@ async fn dialled_node_id_mismatch_is_refused_by_the_router() {
     let evil = tokio::spawn(async move {
         let incoming = tokio::time::timeout(T, endpoint.accept()).await.unwrap().unwrap();
         let conn = tokio::time::timeout(T, incoming.accept().unwrap()).await.unwrap().unwrap();
-        let (mut send, mut recv) =
-            tokio::time::timeout(T, conn.accept_bi()).await.unwrap().unwrap();
-        let _ = read_node_info(&mut recv).await;
+        let (mut send, mut recv) = tokio::time::timeout(T, conn.open_bi()).await.unwrap().unwrap();
         send.write_all(&framed(&info.encode_to_vec())).await.unwrap();
+        let _ = read_node_info(&mut recv).await;
         let rest = tokio::time::timeout(T, recv.read_to_end(1024)).await.unwrap();
         assert_eq!(rest.unwrap(), Vec::<u8>::new(), "the router closes the connection");
         conn.close(0u32.into(), b"");
@@ -969,7 +971,7 @@ async fn router_times_out_a_peer_that_never_sends_node_info() {
     let limit = Duration::from_millis(317);
     config.handshake_timeout = limit;
     let mut v = node(&network, config);
-    // TLS completes, then the evil peer never opens the control stream.
+    // TLS completes, then the evil peer never answers the victim's NodeInfo.
     let (_endpoint, connecting) = evil_dial(v.local, valid_client(&NodeKey::generate(), QUIC_ALPN));
     let conn = tokio::time::timeout(T, connecting).await.unwrap().unwrap();
     let want = HandshakeError::Timeout(limit);
