@@ -96,7 +96,7 @@ impl DeliveryRate {
         let rtt = self.min_rtt?;
         let max = self.samples.iter().copied().fold(0.0, f64::max);
         // `as` saturates, so an absurd estimate means no cap rather than a wrap.
-        (max > 0.0).then(|| (max * rtt.as_secs_f64() * CAP_GAIN) as u64)
+        (max > 0.0).then_some((max * rtt.as_secs_f64() * CAP_GAIN) as u64)
     }
 }
 
