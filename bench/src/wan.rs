@@ -54,9 +54,9 @@ fn settle(p: Profile) -> Duration {
 }
 
 /// The goodput window starts this long after the first bulk bytes arrive: twenty RTTs (past
-/// startup and the first bandwidth probes), at least 2 s.
+/// startup and the first bandwidth probes), at least 1 s.
 fn goodput_settle(p: Profile) -> Duration {
-    (p.rtt() * 20).max(Duration::from_secs(2))
+    (p.rtt() * 20).max(Duration::from_secs(1))
 }
 
 /// The QoS/connect/goodput rows of every profile, in order.
@@ -189,7 +189,7 @@ pub(crate) struct WanReport {
 pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (probes, dials) = if args.quick { (200, 10) } else { (1000, 50) };
-    let measure = Duration::from_secs(if args.quick { 5 } else { 15 });
+    let measure = Duration::from_secs(if args.quick { 3 } else { 15 });
     let only = args.only.as_deref();
     eprintln!(
         "p2p-bench --wan: {} profile(s), {probes} probes per phase, {dials} dials",
