@@ -391,8 +391,9 @@ pub(crate) async fn handshakes(
             let mut c = listener.accept().await?;
             let (kb, ib) = (kb.clone(), ib.clone());
             inbound.spawn(async move {
+                // The acceptor is done last (a QUIC acceptor reads the dialer's NodeInfo half a
+                // round trip after the dialer is up); its drop ends the dialer's wait.
                 c.handshake(&ib, &kb, &descriptors()).await?;
-                let _ = c.receive().await;
                 anyhow::Ok(())
             });
         }
@@ -411,6 +412,8 @@ pub(crate) async fn handshakes(
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let mut c = dialer.dial(&to).await?;
                 c.handshake(&ia, &ka, &descriptors()).await?;
+                // Keep the connection until the acceptor is done with it too.
+                let _ = c.receive().await;
             }
             anyhow::Ok(())
         });

@@ -60,22 +60,28 @@ fn goodput_settle(p: Profile) -> Duration {
 }
 
 /// The QoS/connect/goodput rows of every profile, in order.
-const IDS: [&str; 11] = [
+const IDS: [&str; 14] = [
     "qos.quic-rr",
     "qos.mconn-rr",
     "qos.mconn-gg",
+    "qos.lp2p-rr",
     "connect.quic",
     "connect.mconn",
+    "connect.lp2p",
     "goodput.quic",
     "goodput.quic-4ch",
     "goodput.mconn",
     "goodput.mconn-4ch",
+    "goodput.lp2p",
     "goodput.quic-cubic",
     "goodput.quic-bbr",
 ];
 
-/// Rows only the full profile runs (or `--only` names).
-const COMPARISON: [&str; 2] = ["goodput.quic-cubic", "goodput.quic-bbr"];
+/// Rows only the full profile runs (or `--only` names): the lp2p pairing (Rust↔Rust, CometBFT's
+/// one stream per message) and quinn's own controllers, for comparison; the quick profile
+/// keeps within CI's five minutes.
+const COMPARISON: [&str; 5] =
+    ["qos.lp2p-rr", "connect.lp2p", "goodput.lp2p", "goodput.quic-cubic", "goodput.quic-bbr"];
 
 /// What a `--wan` run does.
 #[derive(Debug, Clone)]
@@ -229,6 +235,12 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
                     qos_rust(&lab, profile, Kind::MConn, probes).map(|q| row.qos = Some(q))
                 }
                 "qos.mconn-gg" => qos_go(&lab, profile, probes).map(|q| row.qos = Some(q)),
+                "qos.lp2p-rr" => {
+                    qos_rust(&lab, profile, Kind::Lp2p, probes).map(|q| row.qos = Some(q))
+                }
+                "connect.lp2p" => {
+                    connect_rust(&lab, Kind::Lp2p, dials).map(|c| row.connect = Some(c))
+                }
                 "connect.quic" => {
                     connect_rust(&lab, Kind::Quic, dials).map(|c| row.connect = Some(c))
                 }
@@ -333,6 +345,7 @@ fn goodput_row(
         "goodput.quic-4ch" => (Kind::Quic, 4),
         "goodput.mconn" => (Kind::MConn, 1),
         "goodput.mconn-4ch" => (Kind::MConn, 4),
+        "goodput.lp2p" => (Kind::Lp2p, 1),
         "goodput.quic-cubic" => {
             quic.congestion = Congestion::Cubic;
             (Kind::Quic, 1)

@@ -120,6 +120,12 @@ struct TestnetArgs {
     #[arg(long, value_name = "D", value_parser = duration_arg,
           default_value_t = HumanDuration(TestnetOptions::default().duration))]
     duration: HumanDuration,
+    /// Run every node in its own network namespace behind the WAN lab's link emulator with this
+    /// profile: `lan` (1 ms RTT), `continent` (40 ms, 0.1% loss), `intercontinental` (150 ms,
+    /// 0.5% loss, 100 Mbit/s) or `lossy` (100 ms, 2% bursty loss, 50 Mbit/s). Needs root.
+    #[cfg(feature = "wan")]
+    #[arg(long, value_name = "PROFILE")]
+    wan: Option<p2p_wanlab::Profile>,
 }
 
 /// `--log-format`.
@@ -646,6 +652,10 @@ fn testnet(cli: &Cli, args: &TestnetArgs) -> Result<(), Failure> {
     options.nodes = args.nodes;
     options.transport = args.transport.into();
     options.duration = args.duration.0;
+    #[cfg(feature = "wan")]
+    {
+        options.wan = args.wan;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -59,6 +59,15 @@ pub const DEFAULT_TX_RATE: u32 = 100;
 pub const DEFAULT_NETWORK_TX_RATE: u32 = 800;
 /// How long, after the last transaction was submitted, the run waits for it to reach every node.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Transactions the whole network submits per second at most by default behind the WAN
+/// emulator: MConn carries about 0.2 MB/s per connection on the `lossy` profile (TCP under
+/// 2% loss), so the default stays well below that on every link.
+pub const DEFAULT_WAN_NETWORK_TX_RATE: u32 = 160;
+/// [`CONNECT_TIMEOUT`] behind the WAN emulator (a dial over a lossy 150 ms path may need
+/// several retransmission timeouts).
+pub const WAN_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// [`DRAIN_TIMEOUT`] behind the WAN emulator.
+pub const WAN_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// The header every testnet transaction starts with: magic, origin, sequence number, send time.
 const TX_HEADER: usize = 4 + 4 + 8 + 8;
 const TX_MAGIC: [u8; 4] = *b"p2tn";
@@ -121,15 +130,37 @@ pub struct TestnetOptions {
     pub seed: u64,
     /// What is printed (default: a progress bar on a terminal, plain lines otherwise).
     pub output: TestnetOutput,
+    /// Run every node in its own network namespace behind the WAN lab's link emulator with
+    /// this profile (default: none, all nodes on `127.0.0.1`). Needs root.
+    #[cfg(feature = "wan")]
+    pub wan: Option<p2p_wanlab::Profile>,
 }
 
 impl TestnetOptions {
     /// The rate each node submits transactions at: [`tx_rate`](Self::tx_rate) or the default.
     pub fn rate(&self) -> u32 {
+        let network =
+            if self.is_wan() { DEFAULT_WAN_NETWORK_TX_RATE } else { DEFAULT_NETWORK_TX_RATE };
         self.tx_rate.unwrap_or_else(|| {
-            let share = DEFAULT_NETWORK_TX_RATE / u32::try_from(self.nodes).unwrap_or(u32::MAX);
+            let share = network / u32::try_from(self.nodes).unwrap_or(u32::MAX);
             share.clamp(1, DEFAULT_TX_RATE)
         })
+    }
+
+    /// Whether the nodes run behind the WAN emulator.
+    pub fn is_wan(&self) -> bool {
+        #[cfg(feature = "wan")]
+        return self.wan.is_some();
+        #[cfg(not(feature = "wan"))]
+        false
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        if self.is_wan() { WAN_CONNECT_TIMEOUT } else { CONNECT_TIMEOUT }
+    }
+
+    fn drain_timeout(&self) -> Duration {
+        if self.is_wan() { WAN_DRAIN_TIMEOUT } else { DRAIN_TIMEOUT }
     }
 }
 
@@ -143,6 +174,8 @@ impl Default for TestnetOptions {
             tx_size: 256,
             seed: 1,
             output: TestnetOutput::Auto,
+            #[cfg(feature = "wan")]
+            wan: None,
         }
     }
 }
@@ -239,6 +272,8 @@ pub struct NodeReport {
 pub struct TestnetReport {
     /// The transports of the run.
     pub transport: TestnetTransport,
+    /// The WAN profile the nodes ran behind (`None`: loopback).
+    pub wan: Option<String>,
     /// One row per node, by index.
     pub nodes: Vec<NodeReport>,
     /// Links in the topology.
@@ -332,6 +367,9 @@ pub enum TestnetError {
     /// A task of the run panicked.
     #[error("a testnet task failed: {0}")]
     Task(String),
+    /// The WAN lab (namespaces, TUN devices, emulator) could not be set up.
+    #[error("WAN lab: {0}")]
+    Wan(String),
     /// Not every transaction reached every other node in time.
     #[error(
         "only {delivered} of {expected} transaction deliveries arrived ({:.2}%)",
@@ -554,6 +592,16 @@ struct Network {
     recorders: Vec<tokio::task::JoinHandle<Received>>,
     /// Peer-update forwarders; aborted when dropped.
     watchers: JoinSet<()>,
+    /// The WAN lab and the nodes' runtimes (one per namespace), if the run has one.
+    #[cfg(feature = "wan")]
+    wan: Option<Wan>,
+}
+
+/// Where a node runs: the address it listens on, and the runtime whose threads are in its
+/// network namespace (`None`: the caller's runtime, on loopback).
+struct Place {
+    ip: Ipv4Addr,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Network {
@@ -563,10 +611,42 @@ impl Network {
             r.abort();
         }
         let mut stops = JoinSet::new();
-        for m in self.members.drain(..) {
-            stops.spawn(m.node.stop());
+        let members: Vec<Member> = self.members.drain(..).collect();
+        for (index, m) in members.into_iter().enumerate() {
+            // A node stops on the runtime it runs on (its sockets are registered there).
+            match self.place(index).runtime {
+                Some(rt) => {
+                    let task = rt.spawn(m.node.stop());
+                    stops.spawn(async move {
+                        let _ = task.await;
+                    });
+                }
+                None => {
+                    stops.spawn(m.node.stop());
+                }
+            }
         }
         while stops.join_next().await.is_some() {}
+        #[cfg(feature = "wan")]
+        if let Some(wan) = self.wan.take() {
+            wan.shutdown();
+        }
+    }
+
+    fn place(&self, index: usize) -> Place {
+        #[cfg(feature = "wan")]
+        if let Some(wan) = &self.wan {
+            return wan.place(index);
+        }
+        let _ = index;
+        Place { ip: Ipv4Addr::LOCALHOST, runtime: None }
+    }
+
+    fn wan_name(&self) -> Option<String> {
+        #[cfg(feature = "wan")]
+        return self.wan.as_ref().map(|w| w.profile.name().to_owned());
+        #[cfg(not(feature = "wan"))]
+        None
     }
 
     fn delivered(&self) -> u64 {
@@ -601,6 +681,53 @@ impl Network {
     }
 }
 
+/// The WAN lab of a run: one network namespace per node behind the link emulator, and one
+/// single-worker runtime per namespace (a socket belongs to the namespace of the thread that
+/// created it, and MConn dials create theirs on the dialling node's runtime).
+#[cfg(feature = "wan")]
+struct Wan {
+    profile: p2p_wanlab::Profile,
+    runtimes: Vec<tokio::runtime::Runtime>,
+    lab: p2p_wanlab::Lab,
+}
+
+#[cfg(feature = "wan")]
+impl fmt::Debug for Wan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wan").field("profile", &self.profile).finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "wan")]
+impl Wan {
+    fn start(profile: p2p_wanlab::Profile, nodes: usize, seed: u64) -> Result<Self, TestnetError> {
+        let wan_err = |e: p2p_wanlab::LabError| TestnetError::Wan(e.to_string());
+        let lab = p2p_wanlab::LabBuilder::new(nodes, profile.link())
+            .seed(seed)
+            .start()
+            .map_err(wan_err)?;
+        let runtimes = (lab.nodes().iter())
+            .map(|ns| ns.runtime(1))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(wan_err)?;
+        Ok(Self { profile, runtimes, lab })
+    }
+
+    fn place(&self, index: usize) -> Place {
+        let ip = self.lab.nodes().get(index).map_or(Ipv4Addr::LOCALHOST, |ns| ns.addr());
+        Place { ip, runtime: self.runtimes.get(index).map(|rt| rt.handle().clone()) }
+    }
+
+    /// Stops the runtimes (without blocking: this runs inside the caller's runtime), then the
+    /// emulator.
+    fn shutdown(self) {
+        for rt in self.runtimes {
+            rt.shutdown_background();
+        }
+        drop(self.lab);
+    }
+}
+
 async fn drive(
     options: &TestnetOptions,
     topology: &Topology,
@@ -625,6 +752,10 @@ async fn drive(
     let changed = Arc::new(Notify::new());
 
     // Start.
+    #[cfg(feature = "wan")]
+    if let Some(profile) = options.wan {
+        net.wan = Some(Wan::start(profile, n, options.seed)?);
+    }
     let started = Instant::now();
     for (index, role) in topology.roles.iter().enumerate() {
         let mut peers = Vec::new();
@@ -639,7 +770,7 @@ async fn drive(
         }
         // QUIC first: the order the router would prefer anyway.
         peers.sort_by_key(|a| *a.protocol() != Protocol::QUIC);
-        let node = start_node(index, *role, root, &gossip_config, &peers).await?;
+        let node = start_node(index, *role, root, &gossip_config, &peers, net.place(index)).await?;
         let Some(gossip) = node.gossip().cloned() else {
             return Err(TestnetError::GossipStopped { index });
         };
@@ -672,7 +803,7 @@ async fn drive(
     // Dials start with the nodes; the connect time counts from the first start.
     let expected_links = topology.links.len();
     let mut progress = Progress::spinner(out.mode, "connect");
-    let deadline = connecting + CONNECT_TIMEOUT;
+    let deadline = connecting + options.connect_timeout();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_print = None::<Instant>;
@@ -684,7 +815,7 @@ async fn drive(
         if Instant::now() >= deadline {
             progress.finish(None);
             return Err(TestnetError::NotConnected {
-                timeout: CONNECT_TIMEOUT,
+                timeout: options.connect_timeout(),
                 up,
                 expected: expected_links,
                 missing: missing
@@ -793,7 +924,7 @@ async fn drive(
 
     // Drain.
     let draining = Instant::now();
-    let deadline = draining + DRAIN_TIMEOUT;
+    let deadline = draining + options.drain_timeout();
     loop {
         let notified = changed.notified();
         if net.delivered() >= expected || Instant::now() >= deadline {
@@ -822,6 +953,7 @@ async fn drive(
     }
     let mut report = TestnetReport {
         transport: options.transport,
+        wan: net.wan_name(),
         links: expected_links,
         links_by_transport: links_by_transport(net),
         connect_time,
@@ -883,9 +1015,10 @@ async fn start_node(
     root: &Path,
     gossip: &GossipConfig,
     peers: &[NodeAddress],
+    place: Place,
 ) -> Result<Node, TestnetError> {
     let key = NodeKey::generate();
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let loopback = SocketAddr::from((place.ip, 0));
     let home = root.join(format!("node{index}"));
     // A dual-stack node's QUIC listener takes its MConn port number; should that UDP port be
     // taken, try again with another.
@@ -908,7 +1041,14 @@ async fn start_node(
             options = options.with_quic(loopback);
         }
         let _ = (role, loopback);
-        match Node::start(options).await {
+        let started = match &place.runtime {
+            Some(rt) => rt
+                .spawn(Node::start(options))
+                .await
+                .map_err(|e| TestnetError::Task(e.to_string()))?,
+            None => Node::start(options).await,
+        };
+        match started {
             Ok(node) => return Ok(node),
             Err(NodeError::Listen { .. }) if attempts < 3 && role == NodeRole::Dual => continue,
             Err(source) => return Err(TestnetError::Start { index, source: Box::new(source) }),
@@ -1203,8 +1343,9 @@ fn header(options: &TestnetOptions, topology: &Topology, root: &Path) -> String 
             roles.push(format!("{count} {name}"));
         }
     }
+    let place = wan_place(options);
     format!(
-        "testnet: {} nodes on 127.0.0.1, {} ({}), {}\n\
+        "testnet: {} nodes {place}, {} ({}), {}\n\
          gossip:  {} tx/s per node for {} s, {}-byte transactions\n\
          homes:   {}",
         options.nodes,
@@ -1216,6 +1357,26 @@ fn header(options: &TestnetOptions, topology: &Topology, root: &Path) -> String 
         options.tx_size,
         root.display()
     )
+}
+
+/// Where the nodes run, for the header.
+fn wan_place(options: &TestnetOptions) -> String {
+    #[cfg(feature = "wan")]
+    if let Some(p) = options.wan {
+        let link = p.link();
+        return format!(
+            "in network namespaces behind the WAN emulator, profile {p} ({} ms RTT{}{})",
+            p.rtt().as_millis(),
+            p.rate_bps().map(|r| format!(", {} Mbit/s", r / 1_000_000)).unwrap_or_default(),
+            if link.loss.mean() > 0.0 {
+                format!(", {:.1}% loss", link.loss.mean() * 100.0)
+            } else {
+                String::new()
+            },
+        );
+    }
+    let _ = options;
+    "on 127.0.0.1".to_owned()
 }
 
 /// The summary: a table with a row per node, then the totals.
@@ -1305,10 +1466,11 @@ fn summary(report: &TestnetReport) -> String {
         fmt_bytes(per_second(report.bytes_sent, active))
     ));
     text.push_str(&format!(
-        "latency       p50 {}, p99 {}, max {}\n",
+        "latency       p50 {}, p99 {}, max {} (first arrival, submission at the origin to each node){}\n",
         latency(report.latency_p50),
         latency(report.latency_p99),
-        latency(report.latency_max)
+        latency(report.latency_max),
+        report.wan.as_ref().map(|p| format!(", behind WAN profile {p}")).unwrap_or_default()
     ));
     text.push_str(if report.is_complete() {
         "result        OK: every transaction reached every node"

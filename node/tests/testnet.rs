@@ -91,3 +91,22 @@ async fn a_single_node_is_refused() {
     let err = testnet::run(o).await.unwrap_err();
     assert!(matches!(err, TestnetError::InvalidOptions(_)), "{err}");
 }
+
+/// The WAN testnet: each node in its own network namespace behind the emulator's `lossy`
+/// profile (100 ms RTT, 2% bursty loss). Every link crosses the emulator (a node's only route
+/// to another is its TUN device), so the latencies include at least one emulated one-way delay.
+#[cfg(feature = "wan")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wan_lossy_network_delivers_everything_across_the_emulator() {
+    let mut o = options(TestnetTransport::Mixed);
+    o.wan = Some(p2p_wanlab::Profile::Lossy);
+    o.tx_rate = Some(20);
+    let report = testnet::run(o).await.unwrap();
+    check_complete(&report);
+    assert_eq!(report.wan.as_deref(), Some("lossy"));
+    assert!(connections_over(&report, &Protocol::QUIC) > 0, "{:?}", report.links_by_transport);
+    assert!(connections_over(&report, &Protocol::MCONN) > 0, "{:?}", report.links_by_transport);
+    // One emulated hop is 50 ms one way: no transaction arrives sooner.
+    let p50 = report.latency_p50.unwrap();
+    assert!(p50 >= Duration::from_millis(50), "p50 {p50:?} is below one emulated hop");
+}

@@ -233,9 +233,10 @@ async fn setup_rate(
             let mut c = listener.accept().await.unwrap();
             let (kb, ib) = (kb.clone(), ib.clone());
             inbound.spawn(async move {
+                // Done when both sides are: the acceptor finishes half a round trip after the
+                // dialer (it reads the dialer's NodeInfo last), then drops the connection,
+                // which ends the dialer's wait.
                 c.handshake(&ib, &kb, &descriptors()).await.unwrap();
-                // Keep the connection until the dialer's drop arrives.
-                let _ = c.receive().await;
             });
         }
         while let Some(r) = inbound.join_next().await {
@@ -252,6 +253,8 @@ async fn setup_rate(
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
                 let mut c = dialer.dial(&to).await.unwrap();
                 c.handshake(&ia, &ka, &descriptors()).await.unwrap();
+                // Keep the connection until the acceptor's handshake is done and it drops it.
+                let _ = c.receive().await;
             }
         });
     }
