@@ -495,6 +495,7 @@ fn run() -> anyhow::Result<ExitCode> {
             only: args.only.as_ref().map(|o| o.split(',').map(|s| s.trim().to_owned()).collect()),
             go,
             json: args.json.clone(),
+            write_md: args.write_benchmarks_md,
         });
     }
     let mut profile = if args.quick { Profile::quick() } else { Profile::full() };
@@ -740,7 +741,10 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     if args.write_benchmarks_md {
         let path = p2p_interop_tests::workspace_root().join("BENCHMARKS.md");
-        std::fs::write(&path, run.benchmarks_md())
+        // The WAN section (`--wan --write-benchmarks-md`) is another run's: keep it.
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let wan = old.find("\n## WAN rows").and_then(|i| old.get(i..)).unwrap_or("");
+        std::fs::write(&path, format!("{}{wan}", run.benchmarks_md()))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }

@@ -796,7 +796,7 @@ fn plural(n: usize, what: &str) -> String {
 }
 
 /// `date -u` (RFC 3339), or seconds since the epoch if `date` is missing.
-fn date() -> String {
+pub(crate) fn date() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .output()

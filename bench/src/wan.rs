@@ -96,6 +96,9 @@ pub(crate) struct WanArgs {
     pub(crate) go: bool,
     /// Write the report as JSON here.
     pub(crate) json: Option<PathBuf>,
+    /// Replace the WAN section of `BENCHMARKS.md` (everything from its `## WAN rows` heading;
+    /// the loopback part is kept) with this run's report.
+    pub(crate) write_md: bool,
 }
 
 /// Connect-time figures.
@@ -288,6 +291,24 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if args.write_md {
+        let path = p2p_interop_tests::workspace_root().join("BENCHMARKS.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let keep = old.find("\n## WAN rows").and_then(|i| old.get(..i)).unwrap_or(&old).trim_end();
+        let m = crate::sys::Machine::detect();
+        let command: Vec<String> = std::env::args().skip(1).collect();
+        let text = format!(
+            "{keep}\n\n{}\n- Command: `cargo run --release -p p2p-bench -- {}` (as root)\n- Date: {}\n- CPU: {} ({} CPUs); kernel {}\n",
+            markdown(&report).trim_end(),
+            command.join(" "),
+            crate::report::date(),
+            m.cpu_model,
+            m.nproc,
+            m.kernel
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     let broken = report.rows.iter().filter(|r| r.error.is_some()).count();
