@@ -52,7 +52,7 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// Whether messages of one channel arrive in the order sent (lp2p: not).
-    fn ordered(self) -> bool {
+    pub(crate) fn ordered(self) -> bool {
         self != Self::Lp2p
     }
 }
