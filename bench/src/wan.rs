@@ -300,7 +300,7 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
         let m = crate::sys::Machine::detect();
         let command: Vec<String> = std::env::args().skip(1).collect();
         let text = format!(
-            "{keep}\n\n{}\n- Command: `cargo run --release -p p2p-bench -- {}` (as root)\n- Date: {}\n- CPU: {} ({} CPUs); kernel {}\n",
+            "{keep}\n\n{}\n\n- Command: `cargo run --release -p p2p-bench -- {}` (as root)\n- Date: {}\n- CPU: {} ({} CPUs); kernel {}\n",
             markdown(&report).trim_end(),
             command.join(" "),
             crate::report::date(),
