@@ -154,16 +154,9 @@ async fn tcp_rate(total: usize) -> anyhow::Result<f64> {
     Ok(sent as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The quinn settings `QuicTransport` derives from `QuicConfig`: the endpoint's own (windows,
-/// timeouts, congestion controller), with the transport's stream limits.
-fn transport_config(config: &QuicConfig) -> anyhow::Result<quinn::TransportConfig> {
-    let limits = p2p_quic_endpoint::StreamLimits { bidi: 4, uni: 256 };
-    Ok(config.endpoint_config().transport_config(limits)?)
-}
-
 /// A quinn endpoint on loopback with the transport's server and client configuration.
 fn raw_endpoint(key: &NodeKey) -> anyhow::Result<(quinn::Endpoint, quinn::ClientConfig)> {
-    let transport = Arc::new(transport_config(&QuicConfig::default())?);
+    let transport = Arc::new(QuicConfig::default().quinn_transport_config()?);
     let server_tls = QuicServerConfig::try_from(identity::server_config(key, QUIC_ALPN)?)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
     server.transport_config(transport.clone());

@@ -42,7 +42,7 @@ use p2p_transport_memory::MemoryNetwork;
 use p2p_transport_quic::{QuicConfig, QuicTransport};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::rr::Kind;
 use crate::{IdleRss, Profile, QosSample};
@@ -224,6 +224,47 @@ fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
     sorted.get(rank).map_or(f64::NAN, |us| *us as f64 / 1e3)
 }
 
+/// A bulk channel of the QoS and goodput rows: priority 1, room for `bulk_size` messages, a
+/// short queue whose sender waits (so a flood is paced by the connection, not dropped).
+fn bulk_channel(id: ChannelId, bulk_size: usize) -> ChannelDescriptor {
+    ChannelDescriptor::new(id)
+        .with_priority(1)
+        .with_max_message_size(bulk_size + 16)
+        .with_queue_capacity(16, 16)
+        .with_overflow(OverflowPolicy::Wait(T))
+}
+
+/// A reactor on `rt` that counts the payload bytes `channel` receives; the count is watched
+/// through the returned receiver.
+fn count_bytes(
+    rt: &tokio::runtime::Runtime,
+    channel: p2p::Channel<Raw>,
+) -> (JoinHandle<()>, watch::Receiver<u64>) {
+    let (bytes, seen) = watch::channel(0u64);
+    let (_, mut rx) = channel.split();
+    let reactor = rt.spawn(async move {
+        while let Some(env) = rx.recv().await {
+            let n = env.message.0.len() as u64;
+            bytes.send_modify(|b| *b += n);
+        }
+    });
+    (reactor, seen)
+}
+
+/// Sends `bulk_size`-byte messages on `tx` to `to` until `stop` is set (or the router stops).
+async fn flood(
+    tx: p2p::router::ChannelSender<Raw>,
+    to: NodeId,
+    bulk_size: usize,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let msg = Bytes::from(vec![0xb0; bulk_size]);
+    while !stop.load(Ordering::Relaxed) {
+        tx.send(Outbound::to(to, Raw(msg.clone()))).await?;
+    }
+    Ok(())
+}
+
 /// Sends probes `first..first + count`, one per `interval`, and collects their latencies
 /// (µs, sorted) from `delivered`; they must arrive complete, each once, and in order if
 /// `ordered` (lp2p sends every message on its own stream, so a lost packet lets a later probe
@@ -316,11 +357,7 @@ pub(crate) async fn qos_in(
     ensure!(probes > 0, "no probes");
     let QosPlace { ip_a, ip_b, rt_b, interval, settle } = place;
     let descs = [
-        ChannelDescriptor::new(BULK)
-            .with_priority(1)
-            .with_max_message_size(bulk_size + 16)
-            .with_queue_capacity(16, 16)
-            .with_overflow(OverflowPolicy::Wait(T)),
+        bulk_channel(BULK, bulk_size),
         ChannelDescriptor::new(PROBE)
             .with_priority(10)
             .with_max_message_size(1024)
@@ -347,14 +384,7 @@ pub(crate) async fn qos_in(
         }
         anyhow::Ok(())
     });
-    let (bulk_bytes, bulk_seen) = watch::channel(0u64);
-    let (_, mut bulk_rx) = b_bulk.split();
-    let bulk_reactor = rt_b.spawn(async move {
-        while let Some(env) = bulk_rx.recv().await {
-            let n = env.message.0.len() as u64;
-            bulk_bytes.send_modify(|b| *b += n);
-        }
-    });
+    let (bulk_reactor, bulk_seen) = count_bytes(&rt_b, b_bulk);
     let probe_tx = a_probe.sender();
     let result = async {
         let idle =
@@ -362,16 +392,7 @@ pub(crate) async fn qos_in(
                 .await?;
         // Loaded: one task floods bulk messages; probes start once bulk is arriving.
         let stop = Arc::new(AtomicBool::new(false));
-        let flood = {
-            let (tx, stop) = (a_bulk.sender(), stop.clone());
-            tokio::spawn(async move {
-                let msg = Bytes::from(vec![0xb0; bulk_size]);
-                while !stop.load(Ordering::Relaxed) {
-                    tx.send(Outbound::to(to, Raw(msg.clone()))).await?;
-                }
-                anyhow::Ok(())
-            })
-        };
+        let flood = tokio::spawn(flood(a_bulk.sender(), to, bulk_size, stop.clone()));
         let mut seen = bulk_seen.clone();
         tokio::time::timeout(T, seen.wait_for(|&n| n >= 2 * bulk_size as u64))
             .await
@@ -454,15 +475,8 @@ pub(crate) async fn goodput_in(
 ) -> anyhow::Result<GoodputSample> {
     ensure!((1..=16).contains(&channels), "1 to 16 channels");
     let GoodputPlace { ip_a, ip_b, rt_b, settle, measure } = place;
-    let descs: Vec<ChannelDescriptor> = (0..channels)
-        .map(|i| {
-            ChannelDescriptor::new(ChannelId(0x60 + i as u8))
-                .with_priority(1)
-                .with_max_message_size(bulk_size + 16)
-                .with_queue_capacity(16, 16)
-                .with_overflow(OverflowPolicy::Wait(T))
-        })
-        .collect();
+    let descs: Vec<ChannelDescriptor> =
+        (0..channels).map(|i| bulk_channel(ChannelId(0x60 + i as u8), bulk_size)).collect();
     let mut a = node_with(kind, "goodput-a", &descs, ip_a, quic).await?;
     let (descs_b, quic_b) = (descs.clone(), quic.clone());
     let mut b = rt_b
@@ -473,27 +487,14 @@ pub(crate) async fn goodput_in(
     let mut counters = Vec::new();
     let mut reactors = Vec::new();
     for ch in b.channels.drain(..) {
-        let (bytes, seen) = watch::channel(0u64);
-        let (_, mut rx) = ch.split();
-        reactors.push(rt_b.spawn(async move {
-            while let Some(env) = rx.recv().await {
-                let n = env.message.0.len() as u64;
-                bytes.send_modify(|b| *b += n);
-            }
-        }));
+        let (reactor, seen) = count_bytes(&rt_b, ch);
+        reactors.push(reactor);
         counters.push(seen);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut floods = JoinSet::new();
     for ch in a.channels.drain(..) {
-        let (tx, stop) = (ch.sender(), stop.clone());
-        floods.spawn(async move {
-            let msg = Bytes::from(vec![0xb1; bulk_size]);
-            while !stop.load(Ordering::Relaxed) {
-                tx.send(Outbound::to(to, Raw(msg.clone()))).await?;
-            }
-            anyhow::Ok(())
-        });
+        floods.spawn(flood(ch.sender(), to, bulk_size, stop.clone()));
     }
     let result = async {
         let total = |c: &[watch::Receiver<u64>]| c.iter().map(|r| *r.borrow()).collect::<Vec<_>>();
@@ -561,7 +562,7 @@ pub(crate) struct SlowSample {
 fn counting_reactor(
     ch: p2p::Channel<Raw>,
     delay: Duration,
-) -> (watch::Receiver<u64>, tokio::task::JoinHandle<()>) {
+) -> (watch::Receiver<u64>, JoinHandle<()>) {
     let (count, seen) = watch::channel(0u64);
     let (_, mut rx) = ch.split();
     let task = tokio::spawn(async move {

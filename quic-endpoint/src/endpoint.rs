@@ -59,8 +59,8 @@ pub enum Congestion {
     /// drop-tail queue shallower than a BDP (see [`crate::congestion`]).
     Bbr,
     /// [`crate::congestion::CappedBbr`], the default: quinn's BBR with its window capped at
-    /// 1.25 × the delivery rate it measures × the minimum RTT, so it neither backs off on
-    /// random loss nor overfills a shallow bottleneck queue.
+    /// 1.25 × the delivery rate it measures × (the minimum RTT + an ACK allowance of at most
+    /// 1 ms), so it neither backs off on random loss nor overfills a shallow bottleneck queue.
     #[default]
     BbrCapped,
 }

@@ -7,7 +7,7 @@
 //! * raw quinn ceiling: one QUIC connection, one unidirectional stream, 64 KiB `Bytes` chunks
 //!   written with `write_chunk` and read with `read_chunks` (no framing, no copies of our own).
 //!   Same TLS identity path (`identity::server_config`/`client_config`, ALPN `p2p-quic/1`) and
-//!   the same windows as [`QuicConfig::default`] (see `transport_config` below).
+//!   the same windows as [`QuicConfig::default`] (`QuicConfig::quinn_transport_config`).
 //! * QUIC native: messages of 64 KiB and 1 KiB on one channel through two handshaken
 //!   `QuicConnection`s (`Connection::send` → writer task → uvarint framing on the channel's
 //!   stream → reader task → receive queue → `Connection::receive`).
@@ -84,16 +84,9 @@ fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// The quinn transport settings `QuicTransport` derives from `QuicConfig`: the endpoint's own
-/// (windows, timeouts, congestion controller), with the transport's stream limits.
-fn transport_config(config: &QuicConfig) -> quinn::TransportConfig {
-    let limits = p2p_quic_endpoint::StreamLimits { bidi: 4, uni: 256 };
-    config.endpoint_config().transport_config(limits).unwrap()
-}
-
 /// A quinn endpoint with the transport's server and client configuration for `key`.
 fn raw_endpoint(key: &NodeKey) -> (quinn::Endpoint, quinn::ClientConfig) {
-    let transport = Arc::new(transport_config(&QuicConfig::default()));
+    let transport = Arc::new(QuicConfig::default().quinn_transport_config().unwrap());
     let server_tls =
         QuicServerConfig::try_from(identity::server_config(key, QUIC_ALPN).unwrap()).unwrap();
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));

@@ -144,6 +144,13 @@ pub struct QuicConfig {
 }
 
 impl QuicConfig {
+    /// The quinn transport configuration `p2p-quic/1` connections of this configuration run
+    /// with (windows, timeouts, congestion controller, stream limits), for raw quinn endpoints
+    /// that must match it, such as benchmark ceilings.
+    pub fn quinn_transport_config(&self) -> Result<quinn::TransportConfig, QuicError> {
+        Ok(self.endpoint_config().transport_config(transport::STREAM_LIMITS)?)
+    }
+
     /// The settings of a [`QuicEndpoint`] for this configuration (socket buffer, keep-alive,
     /// idle timeout, windows), for [`QuicTransport::on_endpoint`] and endpoints shared with
     /// other QUIC protocols.

@@ -12,7 +12,7 @@ use crate::{QUIC_ALPN, QuicConfig, QuicError};
 
 /// The streams a `p2p-quic/1` peer may open: one unidirectional stream per channel ID, and the
 /// control stream.
-const STREAM_LIMITS: StreamLimits = StreamLimits { bidi: 4, uni: 256 };
+pub(crate) const STREAM_LIMITS: StreamLimits = StreamLimits { bidi: 4, uni: 256 };
 
 /// The QUIC transport. Serves `quic://`. Outbound connections use the listening UDP socket.
 #[derive(Debug)]
