@@ -60,14 +60,14 @@ pub fn handshake_error(e: quinn::ConnectionError, protocol: &str) -> HandshakeEr
     }
 }
 
-/// The peer's node key, from the certificate of an established connection (verified again; the
-/// handshake's verifiers already checked it).
+/// The peer's node key, from the certificate of an established connection (not verified again:
+/// the handshake's verifiers checked this certificate; see [`identity::handshake_peer`]).
 pub fn peer_public_key(conn: &quinn::Connection) -> Result<VerifyingKey, HandshakeError> {
     let certs = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or_else(|| HandshakeError::Authentication("peer presented no certificate".into()))?;
-    let peer = identity::peer_node_id(&certs)
+    let peer = identity::handshake_peer(&certs)
         .map_err(|e| HandshakeError::Authentication(e.to_string()))?;
     Ok(peer.public_key)
 }

@@ -1,6 +1,8 @@
 //! Node identity in the QUIC/TLS 1.3 handshake, using the libp2p TLS certificate scheme.
 //!
-//! Each side presents one self-signed certificate whose key is a throw-away ECDSA P-256 key.
+//! Each side presents one self-signed certificate whose key is a throw-away key: ECDSA P-256 for
+//! the libp2p ALPN (what go-libp2p presents), Ed25519 for the project's own protocols (cheaper
+//! to verify); either is accepted from a peer.
 //! The certificate carries the libp2p Public Key Extension (OID `1.3.6.1.4.1.53594.1.1`):
 //!
 //! ```text
@@ -17,8 +19,8 @@
 //! [`server_config`] and [`client_config`] build rustls configurations (TLS 1.3 only, mutual
 //! authentication, no session resumption) with custom verifiers running
 //! [`verify_certificate`]; on a dial the client also requires the peer's [`NodeId`] to equal the
-//! dialled one. After the handshake, [`peer_node_id`] on the connection's peer certificates
-//! gives the authenticated peer.
+//! dialled one. After the handshake, [`handshake_peer`] on the connection's peer certificates
+//! gives the authenticated peer (and [`peer_node_id`] verifies the certificate again).
 
 use std::fmt;
 use std::sync::Arc;
@@ -217,19 +219,56 @@ fn signed_key_der(key: &NodeKey, spki: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A fresh self-signed libp2p TLS certificate for `key` and its private key (PKCS#8).
-///
-/// The certificate key is a new ECDSA P-256 key and the certificate is signed with
-/// ECDSA-SHA256. It carries the libp2p Public Key Extension (not critical, like go-libp2p)
-/// signed by `key`, a random positive serial number below 2^62, a subject consisting of a random
-/// `serialNumber` attribute, `notBefore` one hour ago and `notAfter` in 100 years.
+/// The key type of the throw-away certificate key (the node key is always ed25519).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CertificateKey {
+    /// ECDSA P-256, certificate signed with ECDSA-SHA256: what go-libp2p presents, so what
+    /// every libp2p implementation accepts. Used for the libp2p ALPN ([`LIBP2P_ALPN`]).
+    EcdsaP256,
+    /// Ed25519: about a third cheaper to verify than P-256 with ring (each handshake verifies
+    /// the peer's self-signature and its `CertificateVerify`). Used for every other ALPN.
+    Ed25519,
+}
+
+impl CertificateKey {
+    /// The key type this module uses for `alpn`: P-256 for [`LIBP2P_ALPN`] (interoperable with
+    /// go-libp2p as it is), Ed25519 for the project's own protocols.
+    pub fn for_alpn(alpn: &[u8]) -> Self {
+        if alpn == LIBP2P_ALPN { Self::EcdsaP256 } else { Self::Ed25519 }
+    }
+
+    fn algorithm(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Self::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Self::Ed25519 => &rcgen::PKCS_ED25519,
+        }
+    }
+}
+
+/// A fresh self-signed libp2p TLS certificate for `key` and its private key (PKCS#8), with an
+/// ECDSA P-256 certificate key ([`CertificateKey::EcdsaP256`], go-libp2p's choice); see
+/// [`generate_certificate_with`].
 pub fn generate_certificate(
     key: &NodeKey,
 ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), IdentityError> {
+    generate_certificate_with(key, CertificateKey::EcdsaP256)
+}
+
+/// A fresh self-signed libp2p TLS certificate for `key` and its private key (PKCS#8).
+///
+/// The certificate key is a new key of type `cert_key` that also signs the certificate
+/// (ECDSA-SHA256 or Ed25519). It carries the libp2p Public Key Extension (not critical, like
+/// go-libp2p) signed by `key`, a random positive serial number below 2^62, a subject consisting
+/// of a random `serialNumber` attribute, `notBefore` one hour ago and `notAfter` in 100 years.
+pub fn generate_certificate_with(
+    key: &NodeKey,
+    cert_key: CertificateKey,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), IdentityError> {
     use rcgen::PublicKeyData as _;
 
-    let cert_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(IdentityError::Generate)?;
+    let cert_key =
+        rcgen::KeyPair::generate_for(cert_key.algorithm()).map_err(IdentityError::Generate)?;
     let extension = rcgen::CustomExtension::from_oid_content(
         &LIBP2P_EXTENSION_OID,
         signed_key_der(key, &cert_key.subject_public_key_info()),
@@ -305,7 +344,22 @@ pub fn verify_certificate(
         return Err(IdentityError::Expired { not_after, now: now_secs });
     }
 
-    // Extensions.
+    let (public_key, signature) = host_key_and_signature(&x509)?;
+    let signature =
+        Signature::from_slice(&signature).map_err(|_| IdentityError::BadHostSignature)?;
+    let mut message = Vec::with_capacity(SIGNATURE_PREFIX.len() + spki.raw.len());
+    message.extend_from_slice(SIGNATURE_PREFIX);
+    message.extend_from_slice(spki.raw);
+    public_key.verify_strict(&message, &signature).map_err(|_| IdentityError::BadHostSignature)?;
+
+    Ok(VerifiedPeer { node_id: NodeId::from_public_key(&public_key), public_key })
+}
+
+/// The host key and its signature from the certificate's single libp2p extension, after
+/// checking that no unknown extension is critical.
+fn host_key_and_signature(
+    x509: &X509Certificate<'_>,
+) -> Result<(VerifyingKey, Vec<u8>), IdentityError> {
     let libp2p_oid = x509_parser::der_parser::oid::Oid::from(&LIBP2P_EXTENSION_OID)
         .map_err(|_| IdentityError::MissingExtension)?;
     let mut signed_key = None;
@@ -321,16 +375,7 @@ pub fn verify_certificate(
     }
     let signed_key = signed_key.ok_or(IdentityError::MissingExtension)?;
     let (public_key_proto, signature) = decode_signed_key(signed_key)?;
-    let public_key = decode_ed25519_public_key(&public_key_proto)?;
-
-    let signature =
-        Signature::from_slice(&signature).map_err(|_| IdentityError::BadHostSignature)?;
-    let mut message = Vec::with_capacity(SIGNATURE_PREFIX.len() + spki.raw.len());
-    message.extend_from_slice(SIGNATURE_PREFIX);
-    message.extend_from_slice(spki.raw);
-    public_key.verify_strict(&message, &signature).map_err(|_| IdentityError::BadHostSignature)?;
-
-    Ok(VerifiedPeer { node_id: NodeId::from_public_key(&public_key), public_key })
+    Ok((decode_ed25519_public_key(&public_key_proto)?, signature))
 }
 
 /// Decodes `SignedKey ::= SEQUENCE { publicKey OCTET STRING, signature OCTET STRING }`.
@@ -415,6 +460,22 @@ pub fn peer_node_id(certs: &[CertificateDer<'_>]) -> Result<VerifiedPeer, Identi
     }
 }
 
+/// The peer of a finished handshake whose verifiers came from this module ([`server_config`],
+/// [`client_config`] and their variants), from the connection's peer certificates.
+///
+/// Those verifiers already ran [`verify_certificate`] on this very certificate during the
+/// handshake, so this only parses it and reads the host key from its libp2p extension: no
+/// signature is checked again (that is [`peer_node_id`]). Requires exactly one certificate.
+pub fn handshake_peer(certs: &[CertificateDer<'_>]) -> Result<VerifiedPeer, IdentityError> {
+    let [cert] = certs else {
+        return Err(IdentityError::CertificateCount { count: certs.len() });
+    };
+    let (_, x509) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| IdentityError::Malformed(e.to_string()))?;
+    let (public_key, _) = host_key_and_signature(&x509)?;
+    Ok(VerifiedPeer { node_id: NodeId::from_public_key(&public_key), public_key })
+}
+
 /// The [`IdentityError`] inside a rustls error raised by this module's verifiers, if any.
 pub fn identity_error(err: &rustls::Error) -> Option<&IdentityError> {
     match err {
@@ -442,9 +503,61 @@ fn verify_chain(
     verify_certificate(end_entity, now)
 }
 
-/// The ring crypto provider.
+/// The ring crypto provider, TLS 1.3 suites only, AES-128-GCM first.
+///
+/// rustls' default order puts AES-256-GCM-SHA384 first; AES-128-GCM-SHA256 (Go's first choice
+/// on hardware with AES instructions, and QUIC's Initial suite) encrypts with 10 rounds instead
+/// of 14 and runs its key schedule on SHA-256 (hardware SHA on current x86) instead of SHA-384.
+/// ChaCha20-Poly1305 stays offered for peers without AES hardware.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
+}
+
+/// The certificate the server presents: by the ALPN the client offers (see
+/// [`CertificateKey::for_alpn`]); P-256 when it offers [`LIBP2P_ALPN`] or none.
+#[derive(Debug)]
+struct ByAlpn {
+    p256: Option<Arc<rustls::sign::CertifiedKey>>,
+    ed25519: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for ByAlpn {
+    fn resolve(
+        &self,
+        client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let wants_ed25519 = client_hello.alpn().is_some_and(|mut offered| {
+            offered.all(|alpn| CertificateKey::for_alpn(alpn) == CertificateKey::Ed25519)
+        });
+        let offers_ed25519 = client_hello.signature_schemes().contains(&SignatureScheme::ED25519);
+        match (&self.p256, &self.ed25519) {
+            (_, Some(ed)) if wants_ed25519 && offers_ed25519 => Some(Arc::clone(ed)),
+            (Some(p256), _) => Some(Arc::clone(p256)),
+            (None, ed) => ed.clone(),
+        }
+    }
+}
+
+/// A certificate for `key` with a `cert_key` key, loaded for rustls.
+fn certified_key(
+    key: &NodeKey,
+    cert_key: CertificateKey,
+    provider: &CryptoProvider,
+) -> Result<Arc<rustls::sign::CertifiedKey>, IdentityError> {
+    let (cert, private_key) = generate_certificate_with(key, cert_key)?;
+    let certified = rustls::sign::CertifiedKey::from_der(vec![cert], private_key, provider)
+        .map_err(IdentityError::Config)?;
+    Ok(Arc::new(certified))
 }
 
 /// Checks the TLS 1.3 `CertificateVerify` signature with the provider's algorithms.
@@ -576,7 +689,9 @@ impl ClientCertVerifier for ClientVerifier {
 }
 
 /// A rustls server config presenting a fresh certificate for `key` (see
-/// [`generate_certificate`]).
+/// [`generate_certificate_with`]): ECDSA P-256 to clients offering [`LIBP2P_ALPN`] (or no ALPN,
+/// or no Ed25519 signatures), Ed25519 to clients of the other protocols
+/// ([`CertificateKey::for_alpn`]).
 ///
 /// TLS 1.3 only (ring provider); a client certificate is required and checked with
 /// [`verify_certificate`] (inbound connections accept any node ID); no session tickets or
@@ -594,14 +709,28 @@ pub fn server_config_for(
     alpns: &[&[u8]],
 ) -> Result<rustls::ServerConfig, IdentityError> {
     let provider = provider();
-    let (cert, private_key) = generate_certificate(key)?;
+    let needs = |kind| {
+        alpns.is_empty() && kind == CertificateKey::EcdsaP256
+            || alpns.iter().any(|a| CertificateKey::for_alpn(a) == kind)
+    };
+    let resolver = ByAlpn {
+        p256: if needs(CertificateKey::EcdsaP256) {
+            Some(certified_key(key, CertificateKey::EcdsaP256, &provider)?)
+        } else {
+            None
+        },
+        ed25519: if needs(CertificateKey::Ed25519) {
+            Some(certified_key(key, CertificateKey::Ed25519, &provider)?)
+        } else {
+            None
+        },
+    };
     let verifier = Arc::new(ClientVerifier { provider: Arc::clone(&provider) });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(TLS13_ONLY)
         .map_err(IdentityError::Config)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert], private_key)
-        .map_err(IdentityError::Config)?;
+        .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -610,7 +739,8 @@ pub fn server_config_for(
 }
 
 /// A rustls client config presenting a fresh certificate for `key` (see
-/// [`generate_certificate`]).
+/// [`generate_certificate_with`]), whose key type [`CertificateKey::for_alpn`] picks for
+/// `alpn`.
 ///
 /// TLS 1.3 only (ring provider); the server certificate is checked with
 /// [`verify_certificate`] and, if `expected` is given (an outbound dial), its node ID must equal
@@ -624,7 +754,7 @@ pub fn client_config(
     expected: Option<NodeId>,
 ) -> Result<rustls::ClientConfig, IdentityError> {
     let provider = provider();
-    let (cert, private_key) = generate_certificate(key)?;
+    let (cert, private_key) = generate_certificate_with(key, CertificateKey::for_alpn(alpn))?;
     let verifier = Arc::new(ServerVerifier { provider: Arc::clone(&provider), expected });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(TLS13_ONLY)

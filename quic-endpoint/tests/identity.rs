@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use p2p::{NodeId, NodeKey};
 use p2p_quic_endpoint::identity::{
-    DUMMY_SERVER_NAME, IdentityError, LIBP2P_ALPN, LIBP2P_EXTENSION_OID, SIGNATURE_PREFIX,
-    client_config, generate_certificate, identity_error, libp2p_peer_id, peer_node_id,
-    server_config, verify_certificate,
+    CertificateKey, DUMMY_SERVER_NAME, IdentityError, LIBP2P_ALPN, LIBP2P_EXTENSION_OID,
+    SIGNATURE_PREFIX, client_config, generate_certificate, generate_certificate_with,
+    handshake_peer, identity_error, libp2p_peer_id, peer_node_id, server_config, server_config_for,
+    verify_certificate,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -640,4 +641,95 @@ fn handshake_rejects_foreign_client_certificate() {
     let (side, err) = handshake(&mut client, &mut server).unwrap_err();
     assert!(matches!(side, Side::Server), "{side:?}: {err}");
     assert!(matches!(identity_error(&err), Some(IdentityError::MissingExtension)), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificate key types
+// ---------------------------------------------------------------------------------------------
+
+/// DER of the Ed25519 algorithm OID (1.3.101.112) and of the P-256 curve OID (1.2.840.10045.3.1.7).
+const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn ed25519_certificate_verifies_and_its_tampering_does_not() {
+    let key = NodeKey::generate();
+    let (cert, _) = generate_certificate_with(&key, CertificateKey::Ed25519).unwrap();
+    assert!(contains(cert.as_ref(), OID_ED25519) && !contains(cert.as_ref(), OID_P256));
+    assert_eq!(verify_certificate(&cert, now()).unwrap().node_id, key.node_id());
+    // The self-signature is the last 64 bytes of the DER.
+    let mut der = cert.as_ref().to_vec();
+    let last = der.len() - 1;
+    der[last] ^= 1;
+    let e = verify_certificate(&CertificateDer::from(der), now()).unwrap_err();
+    assert!(matches!(e, IdentityError::BadSelfSignature(_)), "{e:?}");
+    // The default stays P-256 (go-libp2p's choice).
+    let (p256, _) = generate_certificate(&key).unwrap();
+    assert!(contains(p256.as_ref(), OID_P256) && !contains(p256.as_ref(), OID_ED25519));
+    assert_eq!(CertificateKey::for_alpn(LIBP2P_ALPN), CertificateKey::EcdsaP256);
+    assert_eq!(CertificateKey::for_alpn(b"p2p-quic/1"), CertificateKey::Ed25519);
+}
+
+#[test]
+fn handshake_peer_reads_the_host_key_without_verifying_again() {
+    let key = NodeKey::generate();
+    let (cert, _) = generate_certificate_with(&key, CertificateKey::Ed25519).unwrap();
+    let verified = peer_node_id(std::slice::from_ref(&cert)).unwrap();
+    assert_eq!(handshake_peer(std::slice::from_ref(&cert)).unwrap(), verified);
+    // A broken self-signature is what the handshake's verifier rejects; handshake_peer, which
+    // runs after a verifier accepted the certificate, does not check it again.
+    let mut der = cert.as_ref().to_vec();
+    let last = der.len() - 1;
+    der[last] ^= 1;
+    let broken = [CertificateDer::from(der)];
+    assert!(peer_node_id(&broken).is_err());
+    assert_eq!(handshake_peer(&broken).unwrap(), verified);
+    // Structure is still checked.
+    assert!(matches!(handshake_peer(&[]), Err(IdentityError::CertificateCount { count: 0 })));
+    let foreign_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let foreign = rcgen::CertificateParams::default().self_signed(&foreign_key).unwrap();
+    assert!(matches!(
+        handshake_peer(&[foreign.der().clone()]),
+        Err(IdentityError::MissingExtension)
+    ));
+}
+
+#[test]
+fn server_presents_the_certificate_key_of_the_alpn_the_client_offers() {
+    let server_key = NodeKey::generate();
+    let native: &[u8] = b"p2p-quic/1";
+    let server_cfg = Arc::new(server_config_for(&server_key, &[LIBP2P_ALPN, native]).unwrap());
+    for (alpn, oid) in [(LIBP2P_ALPN, OID_P256), (native, OID_ED25519)] {
+        let client_key = NodeKey::generate();
+        let client_cfg = client_config(&client_key, alpn, Some(server_key.node_id())).unwrap();
+        let mut client = ClientConnection::new(
+            Arc::new(client_cfg),
+            ServerName::try_from(DUMMY_SERVER_NAME).unwrap(),
+        )
+        .unwrap();
+        let mut server = ServerConnection::new(Arc::clone(&server_cfg)).unwrap();
+        handshake(&mut client, &mut server).unwrap();
+        assert_eq!(server.alpn_protocol(), Some(alpn));
+        let server_cert = &client.peer_certificates().unwrap()[0];
+        let client_cert = &server.peer_certificates().unwrap()[0];
+        assert!(contains(server_cert.as_ref(), oid), "{alpn:?}: server certificate key");
+        assert!(contains(client_cert.as_ref(), oid), "{alpn:?}: client certificate key");
+        assert_eq!(
+            handshake_peer(client.peer_certificates().unwrap()).unwrap().node_id,
+            server_key.node_id()
+        );
+        assert_eq!(
+            handshake_peer(server.peer_certificates().unwrap()).unwrap().node_id,
+            client_key.node_id()
+        );
+        // AES-128-GCM is negotiated first.
+        assert_eq!(
+            client.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
 }

@@ -86,9 +86,10 @@ use std::time::Duration;
 
 pub use conn::QuicConnection;
 pub use identity::{
-    DUMMY_SERVER_NAME, IdentityError, LIBP2P_ALPN, LIBP2P_EXTENSION_OID, SIGNATURE_PREFIX,
-    VerifiedPeer, client_config, generate_certificate, identity_error, libp2p_peer_id,
-    peer_node_id, server_config, verify_certificate,
+    CertificateKey, DUMMY_SERVER_NAME, IdentityError, LIBP2P_ALPN, LIBP2P_EXTENSION_OID,
+    SIGNATURE_PREFIX, VerifiedPeer, client_config, generate_certificate, generate_certificate_with,
+    handshake_peer, identity_error, libp2p_peer_id, peer_node_id, server_config,
+    verify_certificate,
 };
 /// The libp2p TLS identity (shared with the lp2p transport; see [`p2p_quic_endpoint`]).
 pub use p2p_quic_endpoint::identity;
