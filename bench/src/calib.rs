@@ -4,7 +4,9 @@
 //!   core, seal and open of 1028-byte frames (SecretConnection's plaintext frame) and of
 //!   64 KiB. Open includes copying the sealed frame into the work buffer (as a receiver copies
 //!   it out of its socket buffer), because opening decrypts in place.
-//! * TCP: one loopback stream, 64 KiB writes, no crypto.
+//! * TCP: one loopback stream, 64 KiB writes, no crypto; and the process CPU it costs (both
+//!   ends and the kernel work done in their system calls) per GiB, which with the AEAD rates
+//!   gives a CPU bound of an encrypted stream on this machine (see the report's notes).
 //! * raw quinn: one connection, one unidirectional stream, 64 KiB chunks, with the QUIC
 //!   transport's TLS identity, ALPN and windows (as `transport-quic/benches/quic.rs`).
 //! * tokio mpsc: 200-byte `Bytes` through one bounded channel (capacity 1024) between two
@@ -27,12 +29,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// The calibration rows: `(id, description, unit)`.
-pub(crate) const ROWS: [(&str, &str, &str); 8] = [
+pub(crate) const ROWS: [(&str, &str, &str); 9] = [
     ("aead_seal_1028", "AEAD seal, ring ChaCha20-Poly1305, 1028 B, 1 core", "MB/s"),
     ("aead_open_1028", "AEAD open, ring ChaCha20-Poly1305, 1028 B, 1 core", "MB/s"),
     ("aead_seal_64k", "AEAD seal, ring ChaCha20-Poly1305, 64 KiB, 1 core", "MB/s"),
     ("aead_open_64k", "AEAD open, ring ChaCha20-Poly1305, 64 KiB, 1 core", "MB/s"),
     ("tcp", "loopback TCP, 1 stream, 64 KiB writes", "MB/s"),
+    ("tcp_cpu", "loopback TCP CPU, both ends (user + system)", "s/GiB"),
     ("quinn", "raw quinn, 1 uni stream, 64 KiB chunks", "MB/s"),
     ("mpsc_msgs", "tokio mpsc, 200 B, bounded 1024", "msg/s"),
     ("mpsc_mb", "tokio mpsc, 200 B (payload rate)", "MB/s"),
@@ -54,12 +57,14 @@ pub(crate) struct Volumes {
 /// One calibration pass: every row of [`ROWS`], in that order (MB/s as 1e6 B/s).
 pub(crate) fn run(rt: &tokio::runtime::Runtime, v: Volumes) -> anyhow::Result<Vec<f64>> {
     let mpsc = rt.block_on(mpsc_rate(v.mpsc_messages))?;
+    let (tcp, tcp_cpu) = rt.block_on(tcp_rate(v.tcp_bytes))?;
     Ok(vec![
         aead_seal(1028, v.aead_time)? / 1e6,
         aead_open(1028, v.aead_time)? / 1e6,
         aead_seal(64 << 10, v.aead_time)? / 1e6,
         aead_open(64 << 10, v.aead_time)? / 1e6,
-        rt.block_on(tcp_rate(v.tcp_bytes))? / 1e6,
+        tcp / 1e6,
+        tcp_cpu,
         rt.block_on(raw_quinn(v.quinn_bytes))? / 1e6,
         mpsc,
         mpsc * 200.0 / 1e6,
@@ -127,8 +132,9 @@ fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// Loopback TCP bytes per second, one stream, 64 KiB writes and reads.
-async fn tcp_rate(total: usize) -> anyhow::Result<f64> {
+/// Loopback TCP bytes per second, one stream, 64 KiB writes and reads, and the process CPU
+/// seconds per GiB moved.
+async fn tcp_rate(total: usize) -> anyhow::Result<(f64, f64)> {
     let listener = tokio::net::TcpListener::bind(localhost()).await?;
     let addr = listener.local_addr()?;
     let reader = tokio::spawn(async move {
@@ -144,14 +150,15 @@ async fn tcp_rate(total: usize) -> anyhow::Result<f64> {
     });
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let buf = vec![1u8; 64 << 10];
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), crate::sys::cpu_seconds());
     let mut sent = 0;
     while sent < total {
         s.write_all(&buf).await?;
         sent += buf.len();
     }
     tokio::time::timeout(LIMIT, reader).await.context("TCP calibration timed out")???;
-    Ok(sent as f64 / start.elapsed().as_secs_f64())
+    let cpu = crate::sys::cpu_seconds() - cpu;
+    Ok((sent as f64 / start.elapsed().as_secs_f64(), cpu / (sent as f64 / f64::from(1u32 << 30))))
 }
 
 /// A quinn endpoint on loopback with the transport's server and client configuration.

@@ -401,6 +401,12 @@ impl Connection for QuicConnection {
 
         let limits: Arc<HashMap<u8, usize>> =
             Arc::new(channels.iter().map(|d| (d.id.0, d.max_message_size)).collect());
+        // One stream per channel of ours is all a peer may open (a stream for another channel,
+        // or a second one for a channel, closes the connection): more credit than that only
+        // costs memory, less would stall a peer's channels above the initial 16.
+        conn.set_max_concurrent_uni_streams(VarInt::from_u32(
+            u32::try_from(limits.len()).unwrap_or(u32::MAX),
+        ));
         let priorities: HashMap<u8, u8> = channels.iter().map(|d| (d.id.0, d.priority)).collect();
         let inbound = Arc::new(PriorityInbound::new(self.config.receive_queue, priorities.clone()));
         let failure = Arc::new(Mutex::new(None));

@@ -68,9 +68,12 @@
 //! behind a bulk sender for a fraction of a millisecond drops datagrams, and a message in a
 //! dropped datagram waits for loss recovery: p99 tails of 7–25 ms instead of about 1 ms.
 //!
-//! Keep-alive every 15 s, idle timeout 30 s; at most 256 concurrent unidirectional streams (one
-//! per channel ID) and 4 bidirectional ones (the control stream; an endpoint shared with the
-//! lp2p transport advertises 256, and a `p2p-quic/1` peer that opens a second one is closed).
+//! Keep-alive every 15 s, idle timeout 30 s. Streams: one bidirectional (the control stream; an
+//! endpoint shared with the lp2p transport advertises lp2p's limit, and a `p2p-quic/1` peer that
+//! opens a second one is closed) and 16 concurrent unidirectional ones until the handshake ends,
+//! then as many as we have channels (one stream per channel ID). quinn allocates state for every
+//! stream the limit allows when a connection starts, so a limit far above the channel count
+//! costs idle memory (256 streams cost 12 KiB per connection).
 //!
 //! # Sharing the UDP port
 //!

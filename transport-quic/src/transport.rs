@@ -10,9 +10,12 @@ use p2p_quic_endpoint::{AlpnListener, QuicEndpoint, StreamLimits};
 use crate::conn::QuicConnection;
 use crate::{QUIC_ALPN, QuicConfig, QuicError};
 
-/// The streams a `p2p-quic/1` peer may open: one unidirectional stream per channel ID, and the
-/// control stream.
-pub(crate) const STREAM_LIMITS: StreamLimits = StreamLimits { bidi: 4, uni: 256 };
+/// The streams a `p2p-quic/1` peer may open before the handshake: the control stream (the
+/// acceptor's) and 16 unidirectional channel streams. quinn allocates per-stream state for the
+/// whole limit when a connection starts (about 48 bytes a stream: 256 cost 12 KiB of an idle
+/// connection's 47), so the limit starts at what CometBFT's channel set needs and is set to our
+/// channel count when the handshake ends (see `QuicConnection::handshake`).
+pub(crate) const STREAM_LIMITS: StreamLimits = StreamLimits { bidi: 1, uni: 16 };
 
 /// The QUIC transport. Serves `quic://`. Outbound connections use the listening UDP socket.
 #[derive(Debug)]

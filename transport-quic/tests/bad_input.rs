@@ -684,21 +684,36 @@ async fn junk_after_node_info_on_the_control_stream_is_bounded() {
 async fn unidirectional_streams_without_end_stay_within_the_limit() {
     let v = victim();
     let (conn, evil) = established(&v).await;
-    // The victim allows 256 concurrent unidirectional streams: 256 open at once, the 257th
-    // waits for one of them to end.
+    // A peer's credit from the victim's transport parameters: 16 concurrent unidirectional
+    // streams; 16 open at once, the 17th waits for one of them to end.
     let mut open = Vec::new();
-    for i in 0..256 {
+    for i in 0..16 {
         let s = ready_now(evil.conn.open_uni()).await;
         open.push(s.unwrap_or_else(|| panic!("stream {i} is within the limit")).unwrap());
     }
     let next = evil.conn.open_uni();
     tokio::pin!(next);
-    assert!(ready_now(&mut next).await.is_none(), "the 257th concurrent stream must wait");
-    // Ending them (empty) lets the victim read and drop them, which gives new credit ...
+    assert!(ready_now(&mut next).await.is_none(), "the 17th concurrent stream must wait");
+    // Ending them (empty) lets the victim read and drop them, which gives new credit, but
+    // since its handshake ended only up to one stream per channel of its own (2).
     for mut s in open {
         s.finish().unwrap();
     }
-    let mut s = tokio::time::timeout(T, next).await.unwrap().unwrap();
+    let mut a = tokio::time::timeout(T, next).await.unwrap().unwrap();
+    let mut b = tokio::time::timeout(T, evil.conn.open_uni()).await.unwrap().unwrap();
+    a.write_all(&[&[HUGE.0][..], &framed(b"a")].concat()).await.unwrap();
+    b.write_all(&[&[SMALL.0][..], &framed(b"b")].concat()).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(tokio::time::timeout(T, conn.receive()).await.unwrap().unwrap());
+    }
+    got.sort();
+    assert_eq!(got, [(SMALL, Bytes::from_static(b"b")), (HUGE, Bytes::from_static(b"a"))]);
+    let third = evil.conn.open_uni();
+    tokio::pin!(third);
+    assert!(ready_now(&mut third).await.is_none(), "a third concurrent stream must wait");
+    b.finish().unwrap();
+    let mut s = tokio::time::timeout(T, third).await.unwrap().unwrap();
     s.finish().unwrap();
     // ... again and again: the victim does not hold on to finished streams.
     for _ in 0..1000 {
@@ -706,9 +721,9 @@ async fn unidirectional_streams_without_end_stay_within_the_limit() {
         s.finish().unwrap();
     }
     // And the connection still works.
-    let _s = write_stream(&evil, &[&[SMALL.0][..], &framed(b"still here")].concat()).await;
+    a.write_all(&framed(b"still here")).await.unwrap();
     let got = tokio::time::timeout(T, conn.receive()).await.unwrap().unwrap();
-    assert_eq!(got, (SMALL, Bytes::from_static(b"still here")));
+    assert_eq!(got, (HUGE, Bytes::from_static(b"still here")));
     v.serves_an_honest_peer().await;
 }
 
@@ -716,14 +731,12 @@ async fn unidirectional_streams_without_end_stay_within_the_limit() {
 async fn extra_bidirectional_stream_is_a_protocol_violation() {
     let v = victim();
     let (conn, evil) = established(&v).await;
-    // 4 concurrent bidirectional streams of the dialer's (the control stream is the
-    // acceptor's); the 5th waits.
+    // One concurrent bidirectional stream of the dialer's (the control stream is the
+    // acceptor's); the 2nd waits.
     let mut extra = Vec::new();
-    for i in 0..4 {
-        let s = ready_now(evil.conn.open_bi()).await;
-        extra.push(s.unwrap_or_else(|| panic!("bidi stream {i} is within the limit")).unwrap());
-    }
-    assert!(ready_now(evil.conn.open_bi()).await.is_none(), "the 5th must wait");
+    let s = ready_now(evil.conn.open_bi()).await;
+    extra.push(s.expect("one bidi stream is within the limit").unwrap());
+    assert!(ready_now(evil.conn.open_bi()).await.is_none(), "the 2nd must wait");
     // Using one is a protocol violation (its data would otherwise never be read).
     extra[0].0.write_all(b"hello?").await.unwrap();
     let err = receive_error(conn.as_ref()).await;
