@@ -517,7 +517,12 @@ fn run() -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let started = Instant::now();
     let load_start = sys::load_average();
-    eprintln!("p2p-bench: {} profile, {} repetition(s)", profile.name, profile.reps);
+    eprintln!(
+        "p2p-bench: {} profile, {} repetition(s); host TCP congestion control {}",
+        profile.name,
+        profile.reps,
+        sys::tcp_congestion()
+    );
 
     // The matrix, in run order.
     let mut cells: Vec<CellResult> = Vec::new();

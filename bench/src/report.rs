@@ -803,7 +803,11 @@ impl Run {
             plural(m.nproc, "CPU"),
             m.cpu_features.join(", ")
         );
-        let _ = writeln!(o, "- Memory: {:.1} GiB; kernel {}", m.mem_gib, m.kernel);
+        let _ = writeln!(
+            o,
+            "- Memory: {:.1} GiB; kernel {}; host TCP congestion control {}",
+            m.mem_gib, m.kernel, m.tcp_congestion
+        );
         let (ls, le) = self.load_average_start_end;
         let _ = writeln!(
             o,

@@ -81,6 +81,9 @@ pub(crate) struct Machine {
     pub(crate) nproc: usize,
     /// `/proc/sys/kernel/osrelease`.
     pub(crate) kernel: String,
+    /// The host's default TCP congestion control (`net.ipv4.tcp_congestion_control`). The
+    /// loopback MConn rows run on it, and the Go -> Rust ratio depends on it (bench/PROFILING.md).
+    pub(crate) tcp_congestion: String,
     /// `MemTotal` in GiB.
     pub(crate) mem_gib: f64,
     /// `go version`, if Go rows ran.
@@ -119,11 +122,18 @@ impl Machine {
             nproc: std::thread::available_parallelism().map_or(0, usize::from),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned()),
+            tcp_congestion: tcp_congestion(),
             mem_gib,
             go_version: None,
             go_peer_cometbft: None,
         }
     }
+}
+
+/// The host's default TCP congestion control, or `"unknown"`.
+pub(crate) fn tcp_congestion() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
 /// `go version`, if a `go` is on the path.
