@@ -21,11 +21,15 @@
 //! Before the profiles, the emulator's own cost: the RTT it adds with 0 ms configured and the
 //! packets/s it moves (a UDP flood through an unlimited link).
 //!
+//! When `lan` runs, the same rows run first on the host's loopback, without a lab (profile name
+//! `loopback`, `lan`'s settle times; the host's own TCP congestion control), so the `lan`
+//! targets can compare each QUIC-vs-MConn ratio with its loopback value in the same run.
+//!
 //! Targets (issue 13) are ratios within the run; a miss is reported, not fatal (the run fails
 //! only if a row breaks). The lossy-profile property itself is a test
 //! (`bench/tests/wan_lossy.rs`).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -82,6 +86,47 @@ const IDS: [&str; 14] = [
 /// keeps within CI's five minutes.
 const COMPARISON: [&str; 5] =
     ["qos.lp2p-rr", "connect.lp2p", "goodput.lp2p", "goodput.quic-cubic", "goodput.quic-bbr"];
+
+/// The name of the rows run on the host's loopback instead of a lab.
+const LOOPBACK: &str = "loopback";
+
+/// Where a row's two nodes run.
+#[derive(Clone, Copy)]
+enum Site<'a> {
+    /// Node 0 and node 1 of a lab, behind the emulated link.
+    Lab(&'a Lab),
+    /// Both on the host's loopback (127.0.0.1), no emulator.
+    Loopback,
+}
+
+impl Site<'_> {
+    /// The profile column of this site's rows.
+    fn name(self, profile: Profile) -> &'static str {
+        match self {
+            Self::Lab(_) => profile.name(),
+            Self::Loopback => LOOPBACK,
+        }
+    }
+
+    /// Node `i`'s address.
+    fn ip(self, i: usize) -> IpAddr {
+        match self {
+            Self::Lab(lab) => IpAddr::V4(lab.node(i).addr()),
+            Self::Loopback => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// A one-worker runtime for node `i` (in its namespace for a lab).
+    fn runtime(self, i: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+        match self {
+            Self::Lab(lab) => Ok(lab.node(i).runtime(1)?),
+            Self::Loopback => Ok(tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?),
+        }
+    }
+}
 
 /// What a `--wan` run does.
 #[derive(Debug, Clone)]
@@ -210,10 +255,10 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let mut rows = Vec::new();
-    for &profile in &args.profiles {
-        let lab = Lab::start(2, profile.link()).context("starting the lab")?;
+    let rows_at = |site: Site<'_>, profile: Profile, rows: &mut Vec<WanRow>| {
         for id in IDS {
-            let full = format!("{profile}.{id}");
+            let name = site.name(profile);
+            let full = format!("{name}.{id}");
             if !selected(only, &full)
                 || (id.ends_with("-gg") && !args.go)
                 || (COMPARISON.contains(&id) && args.quick && only.is_none())
@@ -222,7 +267,7 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
             }
             let t = Instant::now();
             let mut row = WanRow {
-                profile: profile.name(),
+                profile: name,
                 id,
                 qos: None,
                 connect: None,
@@ -232,26 +277,26 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
             };
             let result = match id {
                 "qos.quic-rr" => {
-                    qos_rust(&lab, profile, Kind::Quic, probes).map(|q| row.qos = Some(q))
+                    qos_rust(site, profile, Kind::Quic, probes).map(|q| row.qos = Some(q))
                 }
                 "qos.mconn-rr" => {
-                    qos_rust(&lab, profile, Kind::MConn, probes).map(|q| row.qos = Some(q))
+                    qos_rust(site, profile, Kind::MConn, probes).map(|q| row.qos = Some(q))
                 }
-                "qos.mconn-gg" => qos_go(&lab, profile, probes).map(|q| row.qos = Some(q)),
+                "qos.mconn-gg" => qos_go(site, profile, probes).map(|q| row.qos = Some(q)),
                 "qos.lp2p-rr" => {
-                    qos_rust(&lab, profile, Kind::Lp2p, probes).map(|q| row.qos = Some(q))
+                    qos_rust(site, profile, Kind::Lp2p, probes).map(|q| row.qos = Some(q))
                 }
                 "connect.lp2p" => {
-                    connect_rust(&lab, Kind::Lp2p, dials).map(|c| row.connect = Some(c))
+                    connect_rust(site, Kind::Lp2p, dials).map(|c| row.connect = Some(c))
                 }
                 "connect.quic" => {
-                    connect_rust(&lab, Kind::Quic, dials).map(|c| row.connect = Some(c))
+                    connect_rust(site, Kind::Quic, dials).map(|c| row.connect = Some(c))
                 }
                 "connect.mconn" => {
-                    connect_rust(&lab, Kind::MConn, dials).map(|c| row.connect = Some(c))
+                    connect_rust(site, Kind::MConn, dials).map(|c| row.connect = Some(c))
                 }
                 goodput => {
-                    goodput_row(&lab, profile, goodput, measure).map(|g| row.goodput = Some(g))
+                    goodput_row(site, profile, goodput, measure).map(|g| row.goodput = Some(g))
                 }
             };
             row.secs = t.elapsed().as_secs_f64();
@@ -264,6 +309,13 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
             }
             rows.push(row);
         }
+    };
+    for &profile in &args.profiles {
+        if profile == Profile::Lan {
+            rows_at(Site::Loopback, profile, &mut rows);
+        }
+        let lab = Lab::start(2, profile.link()).context("starting the lab")?;
+        rows_at(Site::Lab(&lab), profile, &mut rows);
         if let Ok(stats) = lab.stats() {
             let e = stats.emulator;
             eprintln!(
@@ -335,13 +387,17 @@ fn brief(row: &WanRow) -> String {
 }
 
 /// A QoS row between two Rust routers, node 0 sending, node 1 receiving.
-fn qos_rust(lab: &Lab, profile: Profile, kind: Kind, probes: usize) -> anyhow::Result<QosSample> {
-    let (a, b) = (lab.node(0), lab.node(1));
-    let rt_a = a.runtime(1)?;
+fn qos_rust(
+    site: Site<'_>,
+    profile: Profile,
+    kind: Kind,
+    probes: usize,
+) -> anyhow::Result<QosSample> {
+    let rt_a = site.runtime(0)?;
     let place = QosPlace {
-        ip_a: IpAddr::V4(a.addr()),
-        ip_b: IpAddr::V4(b.addr()),
-        rt_b: b.runtime(1)?,
+        ip_a: site.ip(0),
+        ip_b: site.ip(1),
+        rt_b: site.runtime(1)?,
         interval: PROBE_INTERVAL,
         settle: settle(profile),
     };
@@ -355,7 +411,7 @@ fn qos_rust(lab: &Lab, profile: Profile, kind: Kind, probes: usize) -> anyhow::R
 /// A goodput row (`id` is `goodput.<transport>[-4ch]`, or a QUIC controller comparison) from
 /// node 0 to node 1.
 fn goodput_row(
-    lab: &Lab,
+    site: Site<'_>,
     profile: Profile,
     id: &str,
     measure: Duration,
@@ -377,12 +433,11 @@ fn goodput_row(
         }
         other => return Err(anyhow!("unknown WAN row {other}")),
     };
-    let (a, b) = (lab.node(0), lab.node(1));
-    let rt_a = a.runtime(1)?;
+    let rt_a = site.runtime(0)?;
     let place = GoodputPlace {
-        ip_a: IpAddr::V4(a.addr()),
-        ip_b: IpAddr::V4(b.addr()),
-        rt_b: b.runtime(1)?,
+        ip_a: site.ip(0),
+        ip_b: site.ip(1),
+        rt_b: site.runtime(1)?,
         settle: goodput_settle(profile),
         measure,
     };
@@ -400,13 +455,18 @@ fn spawner(ns: &Netns) -> p2p_interop_tests::Spawner {
 }
 
 /// The Go ↔ Go QoS row: the gopeer flood in node 0, the sink in node 1.
-fn qos_go(lab: &Lab, profile: Profile, probes: usize) -> anyhow::Result<QosSample> {
-    let (a, b) = (lab.node(0), lab.node(1));
-    let place = GoPlace {
-        flood: (IpAddr::V4(a.addr()), spawner(a)),
-        sink: (IpAddr::V4(b.addr()), spawner(b)),
+fn qos_go(site: Site<'_>, profile: Profile, probes: usize) -> anyhow::Result<QosSample> {
+    let place = match site {
+        Site::Lab(lab) => {
+            let (a, b) = (lab.node(0), lab.node(1));
+            Some(GoPlace {
+                flood: (IpAddr::V4(a.addr()), spawner(a)),
+                sink: (IpAddr::V4(b.addr()), spawner(b)),
+            })
+        }
+        Site::Loopback => None,
     };
-    qos_gogo_in(BULK, probes, PROBE_INTERVAL, Some(place), Some(settle(profile)))
+    qos_gogo_in(BULK, probes, PROBE_INTERVAL, place, Some(settle(profile)))
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> f64 {
@@ -416,11 +476,10 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
 
 /// `dials` sequential dials from a fresh router in node 0 to one router in node 1, each timed
 /// from `add_address` to `PeerStatus::Up` at the dialer.
-fn connect_rust(lab: &Lab, kind: Kind, dials: usize) -> anyhow::Result<ConnectSample> {
+fn connect_rust(site: Site<'_>, kind: Kind, dials: usize) -> anyhow::Result<ConnectSample> {
     ensure!(dials > 0, "no dials");
-    let (a, b) = (lab.node(0), lab.node(1));
-    let (rt_a, rt_b) = (a.runtime(1)?, b.runtime(1)?);
-    let (ip_a, ip_b) = (IpAddr::V4(a.addr()), IpAddr::V4(b.addr()));
+    let (rt_a, rt_b) = (site.runtime(0)?, site.runtime(1)?);
+    let (ip_a, ip_b) = (site.ip(0), site.ip(1));
     let descs = [ChannelDescriptor::new(ChannelId(0x71))];
     let descs_b = descs.clone();
     let server = rt_a
@@ -509,8 +568,73 @@ fn emulator_cost() -> anyhow::Result<EmulatorCost> {
 }
 
 fn find<'a>(rows: &'a [WanRow], profile: Profile, id: &str) -> Option<&'a WanRow> {
-    rows.iter().find(|r| r.profile == profile.name() && r.id == id && r.error.is_none())
+    find_at(rows, profile.name(), id)
 }
+
+fn find_at<'a>(rows: &'a [WanRow], name: &str, id: &str) -> Option<&'a WanRow> {
+    rows.iter().find(|r| r.profile == name && r.id == id && r.error.is_none())
+}
+
+/// One QUIC-vs-MConn comparison the `lan` rows are held to against loopback.
+#[derive(Clone, Copy)]
+struct LanRatio {
+    /// What is compared, oriented so that higher is better for QUIC.
+    what: &'static str,
+    /// The QUIC row.
+    quic: &'static str,
+    /// The MConn row.
+    mconn: &'static str,
+    /// The figure compared.
+    figure: fn(&WanRow) -> Option<f64>,
+    /// A lower figure is better (latency), so the ratio is MConn / QUIC.
+    lower_is_better: bool,
+}
+
+impl LanRatio {
+    /// The ratio at one site (NaN: a row is missing or failed).
+    fn at(self, rows: &[WanRow], name: &str) -> f64 {
+        let q = find_at(rows, name, self.quic).and_then(self.figure);
+        let m = find_at(rows, name, self.mconn).and_then(self.figure);
+        match (q, m) {
+            (Some(q), Some(m)) if self.lower_is_better => m / q,
+            (Some(q), Some(m)) => q / m,
+            _ => f64::NAN,
+        }
+    }
+}
+
+/// The `lan` rows against loopback (issue 13: "no row worse than 0.9 of its loopback figure's
+/// ratio").
+const LAN_VS_LOOPBACK: [LanRatio; 4] = [
+    LanRatio {
+        what: "probe p99 under bulk, MConn / QUIC",
+        quic: "qos.quic-rr",
+        mconn: "qos.mconn-rr",
+        figure: |r| r.qos.map(|q| q.loaded_p99_ms),
+        lower_is_better: true,
+    },
+    LanRatio {
+        what: "connect p50, MConn / QUIC",
+        quic: "connect.quic",
+        mconn: "connect.mconn",
+        figure: |r| r.connect.as_ref().map(|c| c.p50_ms),
+        lower_is_better: true,
+    },
+    LanRatio {
+        what: "goodput 1 channel, QUIC / MConn",
+        quic: "goodput.quic",
+        mconn: "goodput.mconn",
+        figure: |r| r.goodput.as_ref().map(|g| g.mb_s),
+        lower_is_better: false,
+    },
+    LanRatio {
+        what: "goodput 4 channels, QUIC / MConn",
+        quic: "goodput.quic-4ch",
+        mconn: "goodput.mconn-4ch",
+        figure: |r| r.goodput.as_ref().map(|g| g.mb_s),
+        lower_is_better: false,
+    },
+];
 
 fn targets(rows: &[WanRow]) -> Vec<WanTarget> {
     let qos = |p, id| find(rows, p, id).and_then(|r| r.qos);
@@ -572,6 +696,16 @@ fn targets(rows: &[WanRow]) -> Vec<WanTarget> {
                 bound: 1.0,
                 at_most: false,
             });
+        }
+        if p == Profile::Lan && rows.iter().any(|r| r.profile == LOOPBACK) {
+            for r in LAN_VS_LOOPBACK {
+                v.push(WanTarget {
+                    what: format!("{p}: {} / the same ratio on loopback", r.what),
+                    value: r.at(rows, p.name()) / r.at(rows, LOOPBACK),
+                    bound: 0.9,
+                    at_most: false,
+                });
+            }
         }
         if let Some(bps) = p.rate_bps().filter(|_| p == Profile::Intercontinental) {
             v.push(WanTarget {
@@ -717,4 +851,70 @@ fn markdown(r: &WanReport) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(profile: &'static str, id: &'static str) -> WanRow {
+        WanRow { profile, id, qos: None, connect: None, goodput: None, error: None, secs: 0.0 }
+    }
+
+    fn goodput(profile: &'static str, id: &'static str, mb_s: f64) -> WanRow {
+        WanRow {
+            goodput: Some(GoodputSample { channels: 1, mb_s, fairness: 1.0, secs: 3.0 }),
+            ..row(profile, id)
+        }
+    }
+
+    fn connect(profile: &'static str, id: &'static str, p50_ms: f64) -> WanRow {
+        WanRow {
+            connect: Some(ConnectSample { dials: 1, p50_ms, p99_ms: p50_ms, min_ms: p50_ms }),
+            ..row(profile, id)
+        }
+    }
+
+    fn target<'a>(targets: &'a [WanTarget], what: &str) -> &'a WanTarget {
+        targets.iter().find(|t| t.what.contains(what)).unwrap_or_else(|| panic!("no {what}"))
+    }
+
+    #[test]
+    fn lan_ratios_are_held_to_their_loopback_values() {
+        let rows = vec![
+            goodput(LOOPBACK, "goodput.quic", 900.0),
+            goodput(LOOPBACK, "goodput.mconn", 750.0),
+            goodput("lan", "goodput.quic", 330.0),
+            goodput("lan", "goodput.mconn", 340.0),
+            connect(LOOPBACK, "connect.quic", 0.9),
+            connect(LOOPBACK, "connect.mconn", 0.45),
+            connect("lan", "connect.quic", 2.0),
+            connect("lan", "connect.mconn", 4.0),
+        ];
+        let t = targets(&rows);
+        // Goodput: (330 / 340) / (900 / 750), higher is better.
+        let g = target(&t, "lan: goodput 1 channel");
+        assert!((g.value - (330.0 / 340.0) / (900.0 / 750.0)).abs() < 1e-9);
+        assert_eq!(g.verdict(), "FAIL(target)");
+        // Connect: lower is better, so MConn / QUIC: (4 / 2) / (0.45 / 0.9) = 4.
+        let c = target(&t, "lan: connect p50");
+        assert!((c.value - 4.0).abs() < 1e-9);
+        assert_eq!(c.verdict(), "PASS");
+        // A missing row gives no verdict rather than a made-up one.
+        assert_eq!(target(&t, "lan: goodput 4 channels").verdict(), "n/a");
+    }
+
+    #[test]
+    fn no_lan_vs_loopback_targets_without_loopback_rows() {
+        let rows = vec![goodput("lan", "goodput.quic", 330.0)];
+        assert!(targets(&rows).iter().all(|t| !t.what.contains("on loopback")));
+    }
+
+    #[test]
+    fn a_failed_row_is_not_used() {
+        let mut broken = goodput("lan", "goodput.mconn", 1.0);
+        broken.error = Some("boom".to_owned());
+        let rows = vec![goodput("lan", "goodput.quic", 330.0), broken];
+        assert_eq!(target(&targets(&rows), "lan: QUIC bulk goodput (1 channel)").verdict(), "n/a");
+    }
 }
