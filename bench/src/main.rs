@@ -15,8 +15,9 @@
 //! broadcast-drain (1 sender + 7 receivers) at 1 KiB and 64 KiB, concurrency 1 and 8, no
 //! receive delay, 256 MiB per drain cell, 3 interleaved repetitions (about 3 minutes on 2
 //! cores); `--full` (the default, about an hour with the lp2p cells) adds 200 B, 8 KiB and
-//! 512 KiB, a 20 ms receive delay and a 5 s timeframe. Go pairings (the Go peer floods from `cc` goroutines, to
-//! 7 peers for broadcast, and sleeps in its reactor for the delay) run send-drain without
+//! 512 KiB, a 20 ms receive delay and a 5 s timeframe. Go pairings (the Go peer floods from
+//! `cc` goroutines, to 7 peers for broadcast, and sleeps in its reactor for the delay) run
+//! send-drain without
 //! delay at every size and concurrency; the full profile adds the other test types and the
 //! delay at 1 KiB and 64 KiB (send-timeframe without delay only). Broadcast runs at
 //! concurrency 1 only, as in CometBFT's matrix.

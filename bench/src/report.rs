@@ -517,7 +517,6 @@ impl Run {
         }
     }
 
-    /// The tables, as Markdown (also what stdout shows).
     /// The CPU bound of an encrypted stream from the calibration: sealing, the TCP stack (both
     /// ends' system calls) and opening each cost CPU per byte, and with `nproc` cores the
     /// stream cannot go faster than `nproc` over their sum, nor faster than one core seals or
@@ -548,6 +547,7 @@ impl Run {
         })
     }
 
+    /// The tables, as Markdown (also what stdout shows).
     pub(crate) fn markdown(&self) -> String {
         let mut o = String::new();
         let f = |v: Option<f64>, prec: usize| {

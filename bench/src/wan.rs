@@ -352,13 +352,14 @@ pub(crate) fn run(args: &WanArgs) -> anyhow::Result<ExitCode> {
         let m = crate::sys::Machine::detect();
         let command: Vec<String> = std::env::args().skip(1).collect();
         let text = format!(
-            "{keep}\n\n{}\n\n- Command: `cargo run --release -p p2p-bench -- {}` (as root)\n- Date: {}\n- CPU: {} ({} CPUs); kernel {}\n",
+            "{keep}\n\n{}\n\n- Command: `cargo run --release -p p2p-bench -- {}` (as root)\n- Date: {}\n- CPU: {} ({} CPUs); kernel {}; host TCP congestion control {} (the `loopback` rows; the lab's namespaces use CUBIC)\n",
             markdown(&report).trim_end(),
             command.join(" "),
             crate::report::date(),
             m.cpu_model,
             m.nproc,
-            m.kernel
+            m.kernel,
+            m.tcp_congestion
         );
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());

@@ -733,12 +733,11 @@ async fn extra_bidirectional_stream_is_a_protocol_violation() {
     let (conn, evil) = established(&v).await;
     // One concurrent bidirectional stream of the dialer's (the control stream is the
     // acceptor's); the 2nd waits.
-    let mut extra = Vec::new();
-    let s = ready_now(evil.conn.open_bi()).await;
-    extra.push(s.expect("one bidi stream is within the limit").unwrap());
+    let mut extra =
+        ready_now(evil.conn.open_bi()).await.expect("one bidi stream is within the limit").unwrap();
     assert!(ready_now(evil.conn.open_bi()).await.is_none(), "the 2nd must wait");
-    // Using one is a protocol violation (its data would otherwise never be read).
-    extra[0].0.write_all(b"hello?").await.unwrap();
+    // Using it is a protocol violation (its data would otherwise never be read).
+    extra.0.write_all(b"hello?").await.unwrap();
     let err = receive_error(conn.as_ref()).await;
     assert!(
         matches!(err, ConnectionError::Protocol(ref m) if m.contains("bidirectional")),
