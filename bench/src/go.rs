@@ -475,8 +475,14 @@ pub(crate) fn qos_gogo_in(
         flood_at,
     ))?;
     let limit = CELL_TIMEOUT + Duration::from_secs(15);
-    let r = sink.wait_result(limit).context("QoS sink")?;
-    flood.wait_result(limit).context("QoS flood")?;
+    // A failed end explains itself; the other end's stderr says what it saw meanwhile.
+    let r = match sink.wait_result(limit) {
+        Ok(r) => r,
+        Err(e) => bail!("QoS sink: {e:#}\n(the flood's side)\n{}", flood.stderr_tail()),
+    };
+    if let Err(e) = flood.wait_result(limit) {
+        bail!("QoS flood: {e:#}\n(the sink's side)\n{}", sink.stderr_tail());
+    }
     let f = |k: &str| field_f64(&r, k);
     let n = r.get("probes").and_then(Value::as_u64).ok_or_else(|| anyhow!("no probes in {r}"))?;
     ensure!(n == probes as u64, "sink measured {n} probes per phase, expected {probes}");

@@ -5,8 +5,8 @@
 // wrapper messages, the same wire format as CometBFT's mempool channel; with --probes it also
 // has a probe channel (--probe-channel, default 0x78, priority 10). Roles:
 //
-//   - flood: dials every address of --dial (comma-separated), waits for --peers peers and sends
-//     every message to all of them;
+//   - flood: dials every address of --dial (comma-separated; persistent peers, so the Switch
+//     redials a failed dial), waits for --peers peers and sends every message to all of them;
 //   - sink: waits for one peer, receives and checks its messages, acknowledges;
 //   - idle: accepts up to --max-inbound peers and does nothing with them (a memory probe).
 //
@@ -536,13 +536,24 @@ func run(o *options, nodeKey *p2p.NodeKey) error {
 		return nil
 	}
 
+	// The --dial peers are persistent peers, as a node's persistent_peers are: the Switch
+	// dials with a 1 s TCP connect timeout and a 3 s handshake timeout of its own (the
+	// config's dial_timeout and handshake_timeout do not reach MultiplexTransport in v0.38),
+	// so on a lossy link one lost SYN fails a dial; the Switch then redials a persistent peer
+	// after 5-8 s, and so does a real node. A failed first dial is therefore logged, not fatal
+	// (--timeout still bounds the wait for the peers).
+	if len(o.Dial) > 0 {
+		if err := sw.AddPersistentPeers(o.Dial); err != nil {
+			return fmt.Errorf("--dial: %w", err)
+		}
+	}
 	for _, d := range o.Dial {
 		addr, err := p2p.NewNetAddressString(d)
 		if err != nil {
 			return fmt.Errorf("--dial %q: %w", d, err)
 		}
 		if err := sw.DialPeerWithAddress(addr); err != nil {
-			return fmt.Errorf("dialing %s: %w", d, err)
+			fmt.Fprintf(os.Stderr, "gopeer: dialing %s failed, the Switch redials it: %v\n", d, err)
 		}
 	}
 

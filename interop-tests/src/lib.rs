@@ -1475,7 +1475,8 @@ mod go_peer {
             }
         }
 
-        fn stderr_tail(&self) -> String {
+        /// The last lines of its stderr, headed, for an error message.
+        pub fn stderr_tail(&self) -> String {
             let text = self.stderr();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines.get(lines.len().saturating_sub(STDERR_LINES)..).unwrap_or_default();

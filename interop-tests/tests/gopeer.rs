@@ -71,6 +71,36 @@ fn go_floods_rust_complete_and_in_order() {
     assert_go_clean(&go, &result, &rust.node_id().to_string());
 }
 
+/// The flood's `--dial` peers are persistent: when its first dial fails (here: the Rust end
+/// closes the TCP connection before the SecretConnection handshake, as a lost SYN on a lossy
+/// link fails Go's 1 s dial), the Go Switch redials and the exchange completes.
+#[test]
+fn go_flood_redials_after_a_failed_first_dial() {
+    let rt = runtime();
+    let rust = rt.block_on(RustPeer::listen(CHAIN_ID, "rust-sink")).unwrap();
+    let mut go = GoPeer::start(&GoPeerConfig {
+        size: SIZE,
+        count: 10,
+        unlimited: true,
+        dial: Some(rust.address()),
+        timeout: TIMEOUT,
+        ..GoPeerConfig::new(GoPeerRole::Flood, CHAIN_ID)
+    })
+    .unwrap();
+    let measure = rt
+        .block_on(async {
+            rust.refuse_one().await?;
+            let conn = rust.accept().await?;
+            support::sink(conn.as_ref(), SIZE, 10, TIMEOUT).await
+        })
+        .unwrap();
+    assert_eq!(measure.messages, 10);
+    let result = go.wait_result(TIMEOUT).unwrap();
+    assert_eq!(result["peer"].as_str(), Some(rust.node_id().to_string().as_str()));
+    let stderr = go.stderr();
+    assert!(stderr.contains("failed, the Switch redials it"), "no failed first dial:\n{stderr}");
+}
+
 #[test]
 fn rust_floods_go_complete_and_in_order() {
     let rt = runtime();

@@ -161,6 +161,14 @@ impl RustPeer {
         Ok(conn)
     }
 
+    /// Accepts one connection and closes it before the handshake (a peer whose first dial
+    /// fails).
+    #[allow(dead_code)]
+    pub(crate) async fn refuse_one(&self) -> anyhow::Result<()> {
+        drop(self.transport.accept().await.context("accepting")?);
+        Ok(())
+    }
+
     /// Dials `<id>@host:port` (lp2p: `<peer id>@host:port`) and handshakes; checks the peer's
     /// ID and network.
     pub(crate) async fn dial(&self, address: &str) -> anyhow::Result<Box<dyn Connection>> {
